@@ -1,0 +1,2 @@
+//! The referral domain, pure: no I/O, no runtime, no clock reads.
+pub mod eventlog;

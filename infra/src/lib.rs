@@ -1,0 +1,1 @@
+//! Adapters: event stores, gRPC, auth, config.
