@@ -36,28 +36,16 @@ impl StreamName {
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidStreamName> {
         let name = name.into();
         if name.is_empty() {
-            return Err(InvalidStreamName {
-                name,
-                reason: "is empty",
-            });
+            return Err(InvalidStreamName { name, reason: "is empty" });
         }
         if name.len() > MAX_STREAM_NAME_LEN {
-            return Err(InvalidStreamName {
-                name,
-                reason: "is longer than 256 bytes",
-            });
+            return Err(InvalidStreamName { name, reason: "is longer than 256 bytes" });
         }
         if name.starts_with('$') {
-            return Err(InvalidStreamName {
-                name,
-                reason: "starts with '$' (reserved for system streams)",
-            });
+            return Err(InvalidStreamName { name, reason: "starts with '$' (reserved for system streams)" });
         }
         if name.chars().any(char::is_control) {
-            return Err(InvalidStreamName {
-                name,
-                reason: "contains a control character",
-            });
+            return Err(InvalidStreamName { name, reason: "contains a control character" });
         }
         Ok(Self(name))
     }
@@ -128,17 +116,11 @@ pub struct Position {
 }
 
 impl Position {
-    pub const START: Position = Position {
-        commit: 0,
-        prepare: 0,
-    };
+    pub const START: Position = Position { commit: 0, prepare: 0 };
 
     /// A position whose commit and prepare parts are the same number.
     pub const fn at(n: u64) -> Position {
-        Position {
-            commit: n,
-            prepare: n,
-        }
+        Position { commit: n, prepare: n }
     }
 }
 
@@ -277,26 +259,17 @@ impl AllFilter {
     }
 
     pub fn streams_starting_with(prefixes: &[&str]) -> AllFilter {
-        AllFilter {
-            stream_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
-            event_type_prefixes: Vec::new(),
-        }
+        AllFilter { stream_prefixes: prefixes.iter().map(|p| p.to_string()).collect(), event_type_prefixes: Vec::new() }
     }
 
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
         if stream.starts_with('$') {
             return false;
         }
-        let stream_ok = self.stream_prefixes.is_empty()
-            || self
-                .stream_prefixes
-                .iter()
-                .any(|p| stream.starts_with(p.as_str()));
+        let stream_ok =
+            self.stream_prefixes.is_empty() || self.stream_prefixes.iter().any(|p| stream.starts_with(p.as_str()));
         let type_ok = self.event_type_prefixes.is_empty()
-            || self
-                .event_type_prefixes
-                .iter()
-                .any(|p| event_type.starts_with(p.as_str()));
+            || self.event_type_prefixes.iter().any(|p| event_type.starts_with(p.as_str()));
         stream_ok && type_ok
     }
 }
@@ -329,11 +302,7 @@ pub trait Subscription: Send {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("wrong expected version on stream {stream}: expected {expected}, actual {actual}")]
-    WrongExpectedVersion {
-        stream: StreamName,
-        expected: ExpectedRevision,
-        actual: CurrentRevision,
-    },
+    WrongExpectedVersion { stream: StreamName, expected: ExpectedRevision, actual: CurrentRevision },
     #[error("stream {0} not found")]
     StreamNotFound(StreamName),
     #[error("stream {0} is deleted (tombstoned); it can never be written again")]
@@ -390,11 +359,7 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Soft-deletes a stream: it reads as not found; appending again re-creates
     /// it with revisions continuing after the deleted ones.
-    async fn delete_stream(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedRevision,
-    ) -> Result<DeleteResult, StoreError>;
+    async fn delete_stream(&self, stream: &StreamName, expected: ExpectedRevision) -> Result<DeleteResult, StoreError>;
 
     /// Tombstones a stream: every later read or append answers
     /// [`StoreError::StreamDeleted`].
