@@ -1,1 +1,23 @@
-//! The write side.
+//! The write side: load a stream, decide, append with the expected revision,
+//! retry on conflict.
+//!
+//! ```text
+//! request ──► CommandHandler::execute_* ──► EventStore::read_stream
+//!                    │                         (fold with evolve)
+//!                    ├──► domain::decide(state, command, clock.now())
+//!                    └──► EventStore::append(expected = revision read)
+//!                              └─ wrong expected version → read again (bounded)
+//! ```
+//!
+//! * [`handler`]: the loop, command-id idempotency, RFI fan-out;
+//! * [`codec`]: events and metadata to and from JSON, upcasting;
+//! * [`context`]: who issues a command (actor, role) and its ids;
+//! * [`clock`]: the clock the engine is given.
+pub mod clock;
+pub mod codec;
+pub mod context;
+pub mod handler;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::{Actor, CommandContext, Role};
+pub use handler::{CommandError, CommandHandler, Loaded, RfiTarget, SubmitRfi, SubmittedReferral, Written};

@@ -1,0 +1,477 @@
+//! Load, decide, append, retry.
+//!
+//! Every command goes through the same loop: read the aggregate's stream,
+//! fold it into state, let the pure decider answer, and append what it
+//! decided with the stream's revision as the expected revision. If another
+//! writer got there first the store answers "wrong expected version" and the
+//! loop starts over from a fresh read, a bounded number of times.
+//!
+//! Idempotency: event ids are derived from the command id (UUID v5), so a
+//! retried command finds its own events in the stream and returns the
+//! original result without deciding again; if two copies race, the store's
+//! idempotent append answers the loser with the original result too.
+
+use std::sync::Arc;
+
+use referral_domain::clock::ExpiryPolicy;
+use referral_domain::eventlog::{
+    CurrentRevision, Direction, EventStore, ExpectedRevision, Position, RecordedEvent, StoreError, StreamName,
+    StreamRevision, StreamStart,
+};
+use referral_domain::ids::{CommandId, LocationId, PartnerId, ReferralId, RegionId, RfiId};
+use referral_domain::profile::{self, PartnerCommand, PartnerState};
+use referral_domain::referral::{
+    self, Consent, CustomerInput, ReceiveReferral, Referral, ReferralAction, ReferralCommand, ReferralEvent,
+    ReferralState, RequirementsInput, Source,
+};
+use referral_domain::{DomainError, Now};
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::codec::{self, CodecError, DomainEvent, EventMetadata, CURRENT_SCHEMA_VERSION};
+use crate::context::{Actor, CommandContext};
+
+/// How many times a command is retried after losing a race.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// Most partners one RFI may be sent to.
+pub const MAX_RFI_TARGETS: usize = 50;
+/// Events read per page when loading a stream.
+const LOAD_PAGE: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("stream {stream} kept changing underneath the command; gave up after {attempts} attempts")]
+    Conflict { stream: StreamName, attempts: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored event cannot be read: {0}")]
+    Codec(#[from] CodecError),
+}
+
+/// What a command wrote to one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Written {
+    pub stream: StreamName,
+    /// How many events the command wrote (0 when it changed nothing).
+    pub events: usize,
+    /// The stream's revision after the command.
+    pub revision: Option<StreamRevision>,
+    /// The `$all` position of the command's last event; `None` when nothing was written.
+    pub position: Option<Position>,
+    /// True when this is a retry of a command that was already applied.
+    pub replayed: bool,
+}
+
+/// An aggregate's state as read from its stream.
+#[derive(Debug, Clone)]
+pub struct Loaded<S> {
+    pub state: S,
+    pub revision: CurrentRevision,
+    /// The `$all` position of the stream's last event.
+    pub position: Option<Position>,
+    /// Set when the stream already holds the events of the command being run.
+    pub already_applied: Option<Written>,
+}
+
+/// One partner (and region) an RFI is sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RfiTarget {
+    pub partner: PartnerId,
+    pub region: RegionId,
+    pub location: Option<LocationId>,
+}
+
+/// A customer's RFI, to be turned into one referral per target partner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitRfi {
+    pub rfi: RfiId,
+    pub targets: Vec<RfiTarget>,
+    pub customer: CustomerInput,
+    pub requirements: RequirementsInput,
+    pub consent: Consent,
+    pub direct_contact_requested: bool,
+    pub source: Source,
+    /// When the RFI was received; the engine's clock when absent.
+    pub received_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The referral an RFI created for one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubmittedReferral {
+    pub referral: ReferralId,
+    pub partner: PartnerId,
+    pub region: RegionId,
+    pub written: Written,
+}
+
+/// The write side's entry point.
+#[derive(Clone)]
+pub struct CommandHandler {
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    expiry: ExpiryPolicy,
+    max_attempts: u32,
+}
+
+impl CommandHandler {
+    pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Self {
+        CommandHandler { store, clock, expiry: ExpiryPolicy::default(), max_attempts: DEFAULT_MAX_ATTEMPTS }
+    }
+
+    pub fn with_expiry(mut self, expiry: ExpiryPolicy) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub fn now(&self) -> Now {
+        self.clock.now()
+    }
+
+    /// Reads a whole stream. A stream that does not exist reads as empty.
+    async fn read_all_of(&self, stream: &StreamName) -> Result<Vec<RecordedEvent>, CommandError> {
+        let mut events = Vec::new();
+        let mut from = StreamStart::Start;
+        loop {
+            let page = match self.store.read_stream(stream, Direction::Forwards, from, LOAD_PAGE).await {
+                Ok(page) => page,
+                Err(StoreError::StreamNotFound(_)) => return Ok(events),
+                Err(e) => return Err(e.into()),
+            };
+            let full = page.len() == LOAD_PAGE;
+            if let Some(last) = page.last() {
+                from = StreamStart::Revision(last.revision.next());
+            }
+            events.extend(page);
+            if !full {
+                return Ok(events);
+            }
+        }
+    }
+
+    async fn load<S: Default>(
+        &self,
+        stream: &StreamName,
+        command: Option<&CommandId>,
+        fold: impl Fn(S, DomainEvent) -> S,
+    ) -> Result<Loaded<S>, CommandError> {
+        let events = self.read_all_of(stream).await?;
+        let first_id = command.map(|c| c.event_id(stream, 0));
+        let mut applied: Option<(usize, usize)> = None;
+        let mut state = S::default();
+        for (i, recorded) in events.iter().enumerate() {
+            if Some(recorded.id) == first_id {
+                applied = Some((i, i));
+            }
+            if let (Some((start, end)), Some(command)) = (applied.as_mut(), command) {
+                if *end + 1 == i && recorded.id == command.event_id(stream, i - *start) {
+                    *end = i;
+                }
+            }
+            state = fold(state, codec::decode(recorded)?);
+        }
+        let revision = events.last().map_or(CurrentRevision::NoStream, |e| CurrentRevision::Current(e.revision));
+        let already_applied = applied.map(|(start, end)| Written {
+            stream: stream.clone(),
+            events: end - start + 1,
+            revision: Some(events[end].revision),
+            position: Some(events[end].position),
+            replayed: true,
+        });
+        Ok(Loaded { state, revision, position: events.last().map(|e| e.position), already_applied })
+    }
+
+    /// Reads a referral's current state.
+    pub async fn load_referral(
+        &self,
+        id: ReferralId,
+        command: Option<&CommandId>,
+    ) -> Result<Loaded<ReferralState>, CommandError> {
+        self.load(&id.stream(), command, |state, event| match event {
+            DomainEvent::Referral(e) => referral::evolve(state, &e),
+            DomainEvent::Partner(_) => state,
+        })
+        .await
+    }
+
+    /// Reads a partner's profiles.
+    pub async fn load_partner(
+        &self,
+        id: &PartnerId,
+        command: Option<&CommandId>,
+    ) -> Result<Loaded<PartnerState>, CommandError> {
+        self.load(&id.stream(), command, |state, event| match event {
+            DomainEvent::Partner(e) => profile::evolve(state, &e),
+            DomainEvent::Referral(_) => state,
+        })
+        .await
+    }
+
+    /// A referral as the caller may see it: refused for another partner's referral.
+    pub async fn get_referral(&self, actor: &Actor, id: ReferralId) -> Result<(Referral, Loaded<()>), CommandError> {
+        let loaded = self.load_referral(id, None).await?;
+        let Some(referral) = loaded.state.0 else {
+            return Err(DomainError::ReferralNotFound(id).into());
+        };
+        check_access(actor, &referral)?;
+        let meta = Loaded { state: (), revision: loaded.revision, position: loaded.position, already_applied: None };
+        Ok((referral, meta))
+    }
+
+    fn metadata(&self, ctx: &CommandContext, now: Now) -> EventMetadata {
+        EventMetadata {
+            correlation_id: ctx.correlation_id.clone(),
+            causation_id: ctx.causation_id.clone(),
+            command_id: ctx.command_id.as_str().to_string(),
+            actor: ctx.actor.to_string(),
+            schema_version: CURRENT_SCHEMA_VERSION,
+            occurred_at: now.at(),
+        }
+    }
+
+    /// Appends decided events with deterministic ids. `Ok(None)` means another
+    /// writer changed the stream first.
+    async fn append(
+        &self,
+        ctx: &CommandContext,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<DomainEvent>,
+        now: Now,
+    ) -> Result<Option<Written>, CommandError> {
+        let metadata = self.metadata(ctx, now);
+        let count = events.len();
+        let data = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| codec::encode(ctx.command_id.event_id(stream, i), e, &metadata))
+            .collect();
+        match self.store.append(stream, expected, data).await {
+            Ok(result) => Ok(Some(Written {
+                stream: stream.clone(),
+                events: count,
+                revision: Some(result.next_expected_revision),
+                position: Some(result.position),
+                replayed: false,
+            })),
+            Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs a referral command: load, check access, decide, append, retry.
+    pub async fn execute_referral(
+        &self,
+        ctx: &CommandContext,
+        command: ReferralCommand,
+    ) -> Result<Written, CommandError> {
+        let stream = command.referral.stream();
+        for _ in 0..self.max_attempts {
+            let loaded = self.load_referral(command.referral, Some(&ctx.command_id)).await?;
+            if let Some(written) = loaded.already_applied {
+                return Ok(written);
+            }
+            if let Some(referral) = &loaded.state.0 {
+                check_access(&ctx.actor, referral)?;
+            }
+            let now = self.clock.now();
+            let events = referral::decide(&loaded.state, command.clone(), now)?;
+            if events.is_empty() {
+                return Ok(unchanged(&stream, &loaded));
+            }
+            let events = events.into_iter().map(DomainEvent::Referral).collect();
+            if let Some(written) = self.append(ctx, &stream, loaded.revision.as_expected(), events, now).await? {
+                return Ok(written);
+            }
+        }
+        Err(CommandError::Conflict { stream, attempts: self.max_attempts })
+    }
+
+    /// Runs a partner-profile command.
+    pub async fn execute_partner(
+        &self,
+        ctx: &CommandContext,
+        command: PartnerCommand,
+    ) -> Result<Written, CommandError> {
+        if !ctx.actor.may_access_partner(&command.partner) {
+            return Err(CommandError::PermissionDenied(format!(
+                "{} may not change partner {}'s profiles",
+                ctx.actor, command.partner
+            )));
+        }
+        let stream = command.partner.stream();
+        for _ in 0..self.max_attempts {
+            let loaded = self.load_partner(&command.partner, Some(&ctx.command_id)).await?;
+            if let Some(written) = loaded.already_applied {
+                return Ok(written);
+            }
+            let now = self.clock.now();
+            let events = profile::decide(&loaded.state, command.clone(), now)?;
+            if events.is_empty() {
+                return Ok(unchanged(&stream, &loaded));
+            }
+            let events = events.into_iter().map(DomainEvent::Partner).collect();
+            if let Some(written) = self.append(ctx, &stream, loaded.revision.as_expected(), events, now).await? {
+                return Ok(written);
+            }
+        }
+        Err(CommandError::Conflict { stream, attempts: self.max_attempts })
+    }
+
+    /// Turns an RFI into one referral per target. Every target is checked
+    /// before anything is written, so a refused target refuses the whole RFI.
+    /// Referral ids are derived from the RFI, partner and region, and event ids
+    /// from the command id, so a retry after a partial failure completes the
+    /// rest without writing anything twice.
+    pub async fn submit_rfi(
+        &self,
+        ctx: &CommandContext,
+        rfi: SubmitRfi,
+    ) -> Result<Vec<SubmittedReferral>, CommandError> {
+        if rfi.targets.is_empty() {
+            return Err(DomainError::invalid("targets", "at least one partner is required").into());
+        }
+        if rfi.targets.len() > MAX_RFI_TARGETS {
+            return Err(DomainError::invalid(
+                "targets",
+                format!("has {} partners; one RFI goes to at most {MAX_RFI_TARGETS}", rfi.targets.len()),
+            )
+            .into());
+        }
+        for (i, t) in rfi.targets.iter().enumerate() {
+            if rfi.targets[..i].iter().any(|o| o.partner == t.partner && o.region == t.region) {
+                return Err(DomainError::invalid(
+                    format!("targets[{i}]"),
+                    format!("partner {} in region {} appears twice", t.partner, t.region),
+                )
+                .into());
+            }
+        }
+        let now = self.clock.now();
+        let received_at = rfi.received_at.unwrap_or(now.at());
+        struct Planned {
+            target: RfiTarget,
+            referral: ReferralId,
+            expected: ExpectedRevision,
+            events: Vec<ReferralEvent>,
+            done: Option<Written>,
+        }
+        let mut plan = Vec::with_capacity(rfi.targets.len());
+        for (i, target) in rfi.targets.iter().enumerate() {
+            let referral = ReferralId::for_rfi(&rfi.rfi, &target.partner, &target.region);
+            let loaded = self.load_referral(referral, Some(&ctx.command_id)).await?;
+            if let Some(done) = loaded.already_applied {
+                plan.push(Planned {
+                    target: target.clone(),
+                    referral,
+                    expected: ExpectedRevision::Any,
+                    events: vec![],
+                    done: Some(done),
+                });
+                continue;
+            }
+            let partner_state = self.load_partner(&target.partner, None).await?.state;
+            let command = ReferralCommand {
+                referral,
+                action: ReferralAction::Receive(Box::new(ReceiveReferral {
+                    rfi: rfi.rfi.clone(),
+                    partner: target.partner.clone(),
+                    region: target.region.clone(),
+                    location: target.location.clone(),
+                    customer: rfi.customer.clone(),
+                    requirements: rfi.requirements.clone(),
+                    consent: rfi.consent,
+                    direct_contact_requested: rfi.direct_contact_requested,
+                    source: rfi.source,
+                    received_at,
+                    expiry: self.expiry,
+                    partner_state,
+                })),
+            };
+            let events = referral::decide(&loaded.state, command, now).map_err(|e| for_target(i, target, e))?;
+            plan.push(Planned {
+                target: target.clone(),
+                referral,
+                expected: loaded.revision.as_expected(),
+                events,
+                done: None,
+            });
+        }
+        let mut out = Vec::with_capacity(plan.len());
+        for p in plan {
+            let written = match p.done {
+                Some(done) => done,
+                None => {
+                    let stream = p.referral.stream();
+                    let events = p.events.into_iter().map(DomainEvent::Referral).collect();
+                    match self.append(ctx, &stream, p.expected, events, now).await? {
+                        Some(w) => w,
+                        None => {
+                            // Someone else created the referral between the check and
+                            // the append: report what the stream says now.
+                            let loaded = self.load_referral(p.referral, Some(&ctx.command_id)).await?;
+                            match loaded.already_applied {
+                                Some(w) => w,
+                                None => {
+                                    return Err(DomainError::AlreadyExists(format!(
+                                        "referral {} for RFI {} to partner {} already exists",
+                                        p.referral, rfi.rfi, p.target.partner
+                                    ))
+                                    .into())
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            out.push(SubmittedReferral {
+                referral: p.referral,
+                partner: p.target.partner,
+                region: p.target.region,
+                written,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn unchanged<S>(stream: &StreamName, loaded: &Loaded<S>) -> Written {
+    let revision = match loaded.revision {
+        CurrentRevision::NoStream => None,
+        CurrentRevision::Current(r) => Some(r),
+    };
+    Written { stream: stream.clone(), events: 0, revision, position: None, replayed: false }
+}
+
+fn check_access(actor: &Actor, referral: &Referral) -> Result<(), CommandError> {
+    if actor.may_access_partner(&referral.partner) {
+        Ok(())
+    } else {
+        Err(CommandError::PermissionDenied(format!(
+            "referral {} belongs to another partner; {} may only act on its own referrals",
+            referral.id, actor
+        )))
+    }
+}
+
+/// Names the target a refusal is about, for RFIs sent to several partners.
+fn for_target(index: usize, target: &RfiTarget, error: DomainError) -> DomainError {
+    let who = format!("targets[{index}] (partner {}, region {})", target.partner, target.region);
+    match error {
+        DomainError::Precondition(m) => DomainError::Precondition(format!("{who}: {m}")),
+        DomainError::AlreadyExists(m) => DomainError::AlreadyExists(format!("{who}: {m}")),
+        other => other,
+    }
+}
