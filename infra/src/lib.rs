@@ -1,1 +1,3 @@
-//! Adapters: event stores, gRPC, auth, config.
+//! Adapters and the binary's parts: event stores, the gRPC API, auth, the
+//! server, the CLI.
+pub mod grpc;
