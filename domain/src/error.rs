@@ -76,7 +76,7 @@ pub enum DomainError {
     #[error("partner {0} has no business profile")]
     PartnerNotFound(PartnerId),
     /// The referral is closed; nothing may change (maps to `FailedPrecondition`).
-    #[error("referral {referral} is closed ({status}); no further changes are allowed")]
+    #[error("referral {referral} is closed ({}); no further changes are allowed", .status.substatus())]
     Closed { referral: ReferralId, status: Status },
     /// The action is not allowed from the current state (maps to `FailedPrecondition`).
     #[error("referral {referral} is {status}; {action} is not allowed (allowed from {allowed_from})")]

@@ -1,1 +1,171 @@
-//! Shared helpers for the cross-crate suites.
+//! Shared helpers for the cross-crate suites: an in-process server on a
+//! loopback port with its own data directory, and authenticated clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use referral_commands::{ManualClock, Role};
+use referral_domain::clock::ExpiryPolicy;
+use referral_infra::grpc::auth::{self, TokenStore};
+use referral_infra::grpc::pb;
+use referral_infra::grpc::pb::referral_commands_client::ReferralCommandsClient;
+use referral_infra::server::{self, ServerParts};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// The moment the test clock starts at.
+pub fn test_epoch() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).single().expect("valid date")
+}
+
+type AuthFn = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+pub type Client = ReferralCommandsClient<InterceptedService<Channel, AuthFn>>;
+
+/// A server running in this process on 127.0.0.1 with a temporary data directory.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), server::ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let clock = Arc::new(ManualClock::new(test_epoch()));
+        let store = server::open_embedded_store(data_dir.path()).expect("open store");
+        let tokens = Arc::new(TokenStore::open(data_dir.path()).expect("tokens"));
+        let listener = server::bind("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let parts = ServerParts { store, clock: clock.clone(), tokens, expiry: ExpiryPolicy::default() };
+        let task = tokio::spawn(server::run(parts, listener, async {
+            let _ = rx.await;
+        }));
+        TestServer { addr, clock, data_dir, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Creates a token with `role` (bound to `partner` for partner tokens).
+    pub fn token(&self, role: Role, partner: Option<&str>) -> String {
+        let name = format!("{}-{}", role, uuid::Uuid::new_v4().simple());
+        auth::add_token(self.data_dir.path(), role, partner, &name).expect("add token")
+    }
+
+    pub async fn client(&self, token: &str) -> Client {
+        self.client_with_header(Some(format!("Bearer {token}"))).await
+    }
+
+    /// A client that sends `header` (or nothing) as its authorization metadata.
+    pub async fn client_with_header(&self, header: Option<String>) -> Client {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to test server");
+        let value: Option<MetadataValue<_>> = header.map(|h| h.parse().expect("header value"));
+        let f: AuthFn = Box::new(move |mut r: Request<()>| {
+            if let Some(v) = &value {
+                r.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(r)
+        });
+        ReferralCommandsClient::with_interceptor(channel, f)
+    }
+
+    /// Stops the server, letting calls in flight finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+}
+
+/// A region profile registration for `partner` in `region` with one location.
+pub fn profile_request(request_id: &str, partner: &str, region: &str) -> pb::RegisterPartnerProfileRequest {
+    pb::RegisterPartnerProfileRequest {
+        request_id: request_id.into(),
+        partner_id: partner.into(),
+        region: region.into(),
+        company_name: format!("{partner} GmbH"),
+        description: "Cloud migrations for the Mittelstand.".into(),
+        locations: vec![pb::Location {
+            id: "berlin".into(),
+            name: "Berlin".into(),
+            contacts: vec![pb::Contact {
+                name: "Ines Berg".into(),
+                email: "ines@example.com".into(),
+                phone: String::new(),
+            }],
+        }],
+        expertise: Some(pb::Expertise {
+            industries: vec!["manufacturing".into()],
+            products: vec!["erp".into()],
+            services: vec!["migration".into()],
+            solutions: vec![],
+        }),
+        target_sizes: vec![],
+    }
+}
+
+/// An RFI for the given partners (all in region `emea`).
+pub fn rfi_request(request_id: &str, rfi: &str, partners: &[&str]) -> pb::SubmitRfiRequest {
+    pb::SubmitRfiRequest {
+        request_id: request_id.into(),
+        rfi_id: rfi.into(),
+        targets: partners
+            .iter()
+            .map(|p| pb::RfiTarget { partner_id: p.to_string(), region: "emea".into(), location: String::new() })
+            .collect(),
+        customer: Some(pb::Customer {
+            company_name: "Fabrikam AG".into(),
+            industry: "manufacturing".into(),
+            size_band: pb::SizeBand::SizeBand51250 as i32,
+            country: "DE".into(),
+            contact: Some(pb::Contact {
+                name: "Jonas Weber".into(),
+                email: "jonas.weber@fabrikam.example".into(),
+                phone: "+49 30 1234567".into(),
+            }),
+        }),
+        requirements: Some(pb::Requirements {
+            description: "Move our ERP to the cloud within a year.".into(),
+            products: vec!["erp".into()],
+            services: vec!["migration".into()],
+            keywords: vec!["cloud".into()],
+        }),
+        consent: Some(pb::Consent { contact: true, share_details: true }),
+        direct_contact_requested: true,
+        source: pb::Source::PartnerSearch as i32,
+        received_at: None,
+    }
+}
+
+pub fn money(currency: &str, units: i64, nanos: i32) -> pb::google::r#type::Money {
+    pb::google::r#type::Money { currency_code: currency.into(), units, nanos }
+}
+
+pub fn date(year: i32, month: i32, day: i32) -> pb::google::r#type::Date {
+    pb::google::r#type::Date { year, month, day }
+}
+
+/// A valid accept request (purchase date a month after the test epoch).
+pub fn accept_request(request_id: &str, referral_id: &str) -> pb::AcceptReferralRequest {
+    pb::AcceptReferralRequest {
+        request_id: request_id.into(),
+        referral_id: referral_id.into(),
+        engagement_name: "Fabrikam ERP migration".into(),
+        estimated_value: Some(money("EUR", 125_000, 500_000_000)),
+        estimated_purchase_date: Some(date(2026, 12, 31)),
+        notes: "Needs a phased migration of finance first.".into(),
+        crm_id: "CRM-1".into(),
+        campaign_id: String::new(),
+        contacts: vec![],
+    }
+}

@@ -226,3 +226,45 @@ pub fn require_role(actor: &Actor, allowed: &[Role], what: &str) -> Result<(), S
 
 /// Shared handle for the server.
 pub type Tokens = Arc<TokenStore>;
+
+/// The client side: an interceptor that sends `authorization: Bearer <token>`
+/// (or nothing, for callers that test the refusal).
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+/// A client of `ReferralCommands` that sends a bearer token.
+pub type CommandsClient = crate::grpc::pb::referral_commands_client::ReferralCommandsClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+impl BearerToken {
+    pub fn new(token: &str) -> Result<Self, String> {
+        Self::raw_header(&format!("Bearer {token}"))
+    }
+
+    /// Sends `header` as the authorization metadata verbatim.
+    pub fn raw_header(header: &str) -> Result<Self, String> {
+        header
+            .parse()
+            .map(|v| BearerToken(Some(v)))
+            .map_err(|_| "the token contains characters not allowed in a header".to_string())
+    }
+
+    /// Sends no authorization metadata at all.
+    pub fn none() -> Self {
+        BearerToken(None)
+    }
+
+    pub fn client(self, channel: tonic::transport::Channel) -> CommandsClient {
+        crate::grpc::pb::referral_commands_client::ReferralCommandsClient::with_interceptor(channel, self)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

@@ -1,0 +1,161 @@
+//! `bench append`: durable single-event appends/s.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use referral_domain::eventlog::{EventData, EventStore, ExpectedRevision, StreamName};
+use rusqlite::{params, Connection};
+use uuid::Uuid;
+
+use super::driver::{drive, Worker};
+use super::{BenchError, BenchReport, BenchRow, WRITER_COUNTS};
+use crate::store::{plain_connection, SqliteEventStore, INSERT_EVENT};
+
+const BASELINE: &str = "plain SQLite loop, same schema and pragmas (WAL, synchronous=FULL): one transaction and one fsync per append, writers take turns";
+
+/// A referral-sized event: about 400 bytes of JSON data and 250 of metadata.
+fn payload() -> (Vec<u8>, Vec<u8>) {
+    let data = serde_json::json!({
+        "referral": "0c7d5a3e-2f4b-5b7e-9d61-1f0a3c2b4e5d",
+        "engagement_name": "Fabrikam ERP migration",
+        "estimated_value": {"currency": "EUR", "amount": "125000.50"},
+        "estimated_purchase_date": "2026-12-31",
+        "notes": "Needs a phased migration of finance first, then logistics; the customer wants a workshop in January.",
+        "crm_id": "CRM-100234",
+        "accepted_at": "2026-11-24T09:00:00Z"
+    });
+    let metadata = serde_json::json!({
+        "$correlationId": "8f0e2c1a-5b7d-4e3f-9a6c-2d1b0e9f8a7c",
+        "$causationId": "8f0e2c1a-5b7d-4e3f-9a6c-2d1b0e9f8a7c",
+        "commandId": "8f0e2c1a-5b7d-4e3f-9a6c-2d1b0e9f8a7c",
+        "actor": "partner:acme/bench",
+        "schemaVersion": 1,
+        "occurredAt": "2026-11-24T09:00:00Z"
+    });
+    (data.to_string().into_bytes(), metadata.to_string().into_bytes())
+}
+
+struct StoreWorker {
+    store: Arc<SqliteEventStore>,
+    stream: StreamName,
+    expected: ExpectedRevision,
+    data: Vec<u8>,
+    metadata: Vec<u8>,
+}
+
+#[async_trait]
+impl Worker for StoreWorker {
+    async fn step(&mut self) -> Result<(), String> {
+        let event = EventData {
+            id: Uuid::new_v4(),
+            event_type: "ReferralEngagementUpdated".into(),
+            data: self.data.clone(),
+            metadata: self.metadata.clone(),
+        };
+        let result = self.store.append(&self.stream, self.expected, vec![event]).await.map_err(|e| e.to_string())?;
+        self.expected = ExpectedRevision::Exact(result.next_expected_revision);
+        Ok(())
+    }
+}
+
+/// The baseline's shared state: one connection, the next position.
+struct Plain {
+    conn: Connection,
+    next_position: i64,
+}
+
+struct PlainWorker {
+    plain: Arc<Mutex<Plain>>,
+    stream: String,
+    next_revision: i64,
+    data: Arc<Vec<u8>>,
+    metadata: Arc<Vec<u8>>,
+}
+
+#[async_trait]
+impl Worker for PlainWorker {
+    async fn step(&mut self) -> Result<(), String> {
+        let plain = self.plain.clone();
+        let (stream, revision, data, metadata) =
+            (self.stream.clone(), self.next_revision, self.data.clone(), self.metadata.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut plain = plain.lock().map_err(|_| "baseline connection poisoned".to_string())?;
+            let position = plain.next_position;
+            let tx = plain.conn.transaction().map_err(|e| e.to_string())?;
+            tx.prepare_cached(INSERT_EVENT)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        position,
+                        stream,
+                        revision,
+                        Uuid::new_v4().as_bytes(),
+                        "ReferralEngagementUpdated",
+                        data.as_slice(),
+                        metadata.as_slice(),
+                        chrono::Utc::now().timestamp_micros()
+                    ])
+                })
+                .map_err(|e| e.to_string())?;
+            tx.commit().map_err(|e| e.to_string())?;
+            plain.next_position += 1;
+            Ok::<_, String>(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.next_revision += 1;
+        Ok(())
+    }
+}
+
+/// Measures the store's durable appends/s at 1, 16 and 64 writers, each
+/// beside the plain-SQLite baseline.
+pub async fn bench_append(dir: &Path, duration: Duration) -> Result<BenchReport, BenchError> {
+    let (data, metadata) = payload();
+    let store =
+        Arc::new(SqliteEventStore::open(&dir.join("append-engine.db")).map_err(|e| BenchError::Setup(e.to_string()))?);
+    let conn = plain_connection(&dir.join("append-baseline.db")).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let plain = Arc::new(Mutex::new(Plain { conn, next_position: 1 }));
+    let (shared_data, shared_metadata) = (Arc::new(data.clone()), Arc::new(metadata.clone()));
+    let mut rows = Vec::new();
+    for (round, writers) in WRITER_COUNTS.into_iter().enumerate() {
+        let engine_workers = (0..writers)
+            .map(|w| {
+                let stream =
+                    StreamName::new(format!("bench-{round}-{w}")).map_err(|e| BenchError::Setup(e.to_string()))?;
+                Ok(Box::new(StoreWorker {
+                    store: store.clone(),
+                    stream,
+                    expected: ExpectedRevision::NoStream,
+                    data: data.clone(),
+                    metadata: metadata.clone(),
+                }) as Box<dyn Worker>)
+            })
+            .collect::<Result<Vec<_>, BenchError>>()?;
+        let engine = drive(engine_workers, duration).await?;
+        let baseline_workers = (0..writers)
+            .map(|w| {
+                Box::new(PlainWorker {
+                    plain: plain.clone(),
+                    stream: format!("bench-{round}-{w}"),
+                    next_revision: 0,
+                    data: shared_data.clone(),
+                    metadata: shared_metadata.clone(),
+                }) as Box<dyn Worker>
+            })
+            .collect();
+        let baseline = drive(baseline_workers, duration).await?;
+        rows.push(BenchRow {
+            writers,
+            value: engine.per_second,
+            baseline: baseline.per_second,
+            ratio: engine.per_second / baseline.per_second.max(f64::MIN_POSITIVE),
+            p50_us: engine.p50_us,
+            p99_us: engine.p99_us,
+            baseline_p50_us: baseline.p50_us,
+            baseline_p99_us: baseline.p99_us,
+        });
+    }
+    Ok(BenchReport::new("append", "durable appends/s", BASELINE, duration.as_secs_f64(), rows))
+}

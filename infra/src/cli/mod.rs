@@ -1,0 +1,207 @@
+//! The `referral-engine` command line: the server, token management, client
+//! subcommands for every gRPC command, and benchmarks.
+
+mod client;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use referral_commands::{Role, SystemClock};
+use referral_domain::clock::ExpiryPolicy;
+
+use crate::grpc::auth::{self, TokenStore};
+use crate::server::{self, ServerParts};
+
+#[derive(Parser)]
+#[command(name = "referral-engine", version, about = "An event-sourced referral engine", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: the gRPC API over the embedded event store in the data directory.
+    Serve(ServeArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Measure throughput; prints a table, or one JSON object with --json.
+    Bench(BenchArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where the event store and the tokens file live.
+    #[arg(long, env = "REFERRAL_ENGINE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Address the gRPC API listens on.
+    #[arg(long, env = "REFERRAL_ENGINE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Days after receipt an unanswered referral expires.
+    #[arg(long, default_value_t = 14)]
+    expiry_days: u32,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once and stored only as a hash.
+    Add {
+        /// intake, partner, operator or analyst.
+        #[arg(long)]
+        role: String,
+        /// The partner a partner token is bound to.
+        #[arg(long)]
+        partner: Option<String>,
+        /// A name for the token, shown in the audit trail of every event it writes.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, env = "REFERRAL_ENGINE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// append: durable appends/s; commands: full commands/s.
+    scenario: String,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// For `commands`: drive the commands through a gRPC server over loopback.
+    #[arg(long)]
+    grpc: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Where to put the benchmark's data (a temporary directory by default).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Runs the command line; the binary's `main` is this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Token(TokenCommand::Add { role, partner, name, data_dir }) => {
+                token_add(&role, partner.as_deref(), name.as_deref(), &data_dir)
+            }
+            Command::Bench(args) => bench(args).await,
+            Command::Client(command) => client::run(command).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let result = async {
+        let expiry = ExpiryPolicy::new(chrono::Duration::days(i64::from(args.expiry_days)))
+            .map_err(|e| format!("--expiry-days: {e}"))?;
+        let store = server::open_embedded_store(&args.data_dir).map_err(|e| e.to_string())?;
+        if let Some(path) = auth::bootstrap_operator(&args.data_dir).map_err(|e| e.to_string())? {
+            println!("First start: created an operator token in {}", path.display());
+            println!("  export REFERRAL_ENGINE_TOKEN=$(cat {})", path.display());
+        }
+        let tokens = Arc::new(TokenStore::open(&args.data_dir).map_err(|e| e.to_string())?);
+        let listener = server::bind(args.listen).await.map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%addr, data_dir = %args.data_dir.display(), "referral-engine serving gRPC");
+        println!("referral-engine listening on {addr} (data in {})", args.data_dir.display());
+        let parts = ServerParts { store, clock: Arc::new(SystemClock), tokens, expiry };
+        server::run(parts, listener, server::shutdown_signal()).await.map_err(|e| e.to_string())?;
+        tracing::info!("stopped");
+        Ok::<(), String>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token_add(role: &str, partner: Option<&str>, name: Option<&str>, data_dir: &std::path::Path) -> ExitCode {
+    let role = match Role::parse(role) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: --role: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let default_name = match partner {
+        Some(p) => format!("{role}-{p}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        None => format!("{role}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    };
+    match auth::add_token(data_dir, role, partner, name.unwrap_or(&default_name)) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: BenchArgs) -> ExitCode {
+    let duration = std::time::Duration::from_secs_f64(args.seconds.max(0.1));
+    let tmp;
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => match tempfile::tempdir() {
+            Ok(t) => {
+                tmp = t;
+                tmp.path().to_path_buf()
+            }
+            Err(e) => {
+                eprintln!("error: cannot create a temporary directory: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let report = match args.scenario.as_str() {
+        "append" => crate::bench::append::bench_append(&dir, duration).await.map_err(|e| e.to_string()),
+        "commands" => {
+            crate::bench::commands::bench_commands(&dir, duration, args.grpc).await.map_err(|e| e.to_string())
+        }
+        other => Err(format!("unknown scenario {other:?}; use append or commands")),
+    };
+    match report {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.to_table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,724 @@
+//! The embedded event store: one SQLite database in WAL mode with
+//! `synchronous=FULL`.
+//!
+//! Writes go through one writer thread that owns the only write connection.
+//! It takes every request waiting in its queue, applies them in one
+//! transaction and commits once (group commit), so concurrent appends share
+//! one fsync. A caller's append is answered only after that commit returned,
+//! so an acknowledged append is on disk. The writer keeps each stream's head
+//! in memory (it is the only writer, so the cache is authoritative) and
+//! checks expected revisions and event-id idempotency before it writes
+//! anything; a request that is refused leaves no trace in the transaction.
+//!
+//! Reads use a small pool of read connections on blocking threads; WAL lets
+//! them run beside the writer. Subscriptions sleep on a watch channel that
+//! the writer bumps to the new head after each commit.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use referral_domain::eventlog::{
+    AllFilter, AllStart, AppendResult, CurrentRevision, DeleteResult, Direction, EventData, EventStore,
+    ExpectedRevision, Position, RecordedEvent, StoreError, StreamName, StreamRevision, StreamStart, Subscription,
+    SubscriptionStart,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use uuid::Uuid;
+
+use super::semantics::{self, Recorded, StreamHead};
+use super::subscription::{CatchUpSubscription, PositionWindow};
+
+/// The schema version this build reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position   INTEGER PRIMARY KEY,
+    stream     TEXT    NOT NULL,
+    revision   INTEGER NOT NULL,
+    event_id   BLOB    NOT NULL,
+    event_type TEXT    NOT NULL,
+    data       BLOB    NOT NULL,
+    metadata   BLOB    NOT NULL,
+    created_us INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream, revision);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
+CREATE TABLE IF NOT EXISTS stream_deletes (
+    stream          TEXT    PRIMARY KEY,
+    truncate_before INTEGER NOT NULL,
+    soft_deleted    INTEGER NOT NULL,
+    tombstoned      INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+const EVENT_COLUMNS: &str = "position, stream, revision, event_id, event_type, data, metadata, created_us";
+
+/// Tuning knobs; the defaults suit a small server.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Most write requests committed in one transaction.
+    pub max_batch: usize,
+    /// Most read connections in use at once.
+    pub readers: usize,
+    /// Stream heads the writer keeps in memory before it starts over.
+    pub head_cache: usize,
+    /// SQLite page cache per connection, in KiB.
+    pub cache_kib: i64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { max_batch: 2048, readers: 8, head_cache: 100_000, cache_kib: 16 * 1024 }
+    }
+}
+
+/// The embedded, durable event store.
+pub struct SqliteEventStore {
+    writer: Option<mpsc::Sender<WriteRequest>>,
+    writer_thread: Option<JoinHandle<()>>,
+    readers: Arc<ReaderPool>,
+    head: watch::Receiver<u64>,
+    path: PathBuf,
+    /// Held for the store's lifetime so that a second process cannot write.
+    _lock: File,
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let lock_path = lock_path(path);
+        let lock = File::create(&lock_path)
+            .map_err(|e| StoreError::Backend(format!("cannot create lock file {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Unavailable(format!("the event store {} is in use by another process", path.display()))
+        })?;
+        let conn = open_connection(path, options.cache_kib)?;
+        migrate(&conn, path)?;
+        let head: u64 = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get::<_, i64>(0))
+            .map_err(backend)? as u64;
+        let (head_tx, head_rx) = watch::channel(head);
+        let (requests, queue) = mpsc::channel(options.max_batch * 4);
+        let writer = Writer { conn, cache: HashMap::new(), cache_limit: options.head_cache, head, head_tx };
+        let max_batch = options.max_batch;
+        let writer_thread = std::thread::Builder::new()
+            .name("event-store-writer".into())
+            .spawn(move || writer.run(queue, max_batch))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        let readers = Arc::new(ReaderPool {
+            path: path.to_path_buf(),
+            cache_kib: options.cache_kib.min(4096),
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(options.readers.max(1)),
+        });
+        Ok(SqliteEventStore {
+            writer: Some(requests),
+            writer_thread: Some(writer_thread),
+            readers,
+            head: head_rx,
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let writer = self.writer.as_ref().ok_or_else(closed)?;
+        writer.send(WriteRequest { op, reply }).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+impl Drop for SqliteEventStore {
+    /// Closes the queue and waits for the writer to commit what it holds.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the event store writer thread panicked");
+            }
+        }
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the event store is shut down".into())
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn open_connection(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
+    let conn =
+        Connection::open(path).map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -{cache_kib};"
+    ))
+    .map_err(backend)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+    match version {
+        0 => conn
+            .execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            .map_err(backend),
+        SCHEMA_VERSION => Ok(()),
+        newer => Err(StoreError::Backend(format!(
+            "{} has schema version {newer}; this build understands version {SCHEMA_VERSION}",
+            path.display()
+        ))),
+    }
+}
+
+/// Reads a stream's head as committed (or as written so far by the
+/// writer's open transaction, on the writer's connection).
+fn load_head(conn: &Connection, stream: &str) -> rusqlite::Result<StreamHead> {
+    let last: Option<i64> =
+        conn.prepare_cached("SELECT MAX(revision) FROM events WHERE stream = ?1")?.query_row([stream], |r| r.get(0))?;
+    let deletes = conn
+        .prepare_cached("SELECT truncate_before, soft_deleted, tombstoned FROM stream_deletes WHERE stream = ?1")?
+        .query_row([stream], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?)))
+        .optional()?;
+    let (truncate_before, soft_deleted, tombstoned) = deletes.unwrap_or((0, false, false));
+    Ok(StreamHead { last: last.map(|l| l as u64), truncate_before: truncate_before as u64, soft_deleted, tombstoned })
+}
+
+fn recorded_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, StoreError>> {
+    let position = row.get::<_, i64>(0)? as u64;
+    let stream: String = row.get(1)?;
+    let id: [u8; 16] = row.get(3)?;
+    let created_us: i64 = row.get(7)?;
+    let stream = match StreamName::new(stream) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(StoreError::Backend(format!("event at position {position}: {e}")))),
+    };
+    Ok(Ok(RecordedEvent {
+        stream,
+        revision: StreamRevision(row.get::<_, i64>(2)? as u64),
+        position: Position::at(position),
+        id: Uuid::from_bytes(id),
+        event_type: row.get(4)?,
+        data: row.get(5)?,
+        metadata: row.get(6)?,
+        created: DateTime::from_timestamp_micros(created_us).unwrap_or_default(),
+    }))
+}
+
+/// What one query over the events table found.
+struct Scan {
+    events: Vec<RecordedEvent>,
+    /// Rows looked at, kept or not.
+    rows: usize,
+    /// Position of the last row looked at.
+    last_position: Option<i64>,
+}
+
+/// Runs a query whose rows are events and keeps those `keep` accepts
+/// (system streams never pass), until `max` are kept.
+fn collect_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    max: usize,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<Scan, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = statement.query(params).map_err(backend)?;
+    let mut scan = Scan { events: Vec::new(), rows: 0, last_position: None };
+    while let Some(row) = rows.next().map_err(backend)? {
+        scan.rows += 1;
+        scan.last_position = Some(row.get(0).map_err(backend)?);
+        let stream = row.get_ref(1).map_err(backend)?.as_str().map_err(|e| StoreError::Backend(e.to_string()))?;
+        let event_type = row.get_ref(4).map_err(backend)?.as_str().map_err(|e| StoreError::Backend(e.to_string()))?;
+        if stream.starts_with('$') || !keep(stream, event_type) {
+            continue;
+        }
+        scan.events.push(recorded_event(row).map_err(backend)??);
+        if scan.events.len() >= max {
+            break;
+        }
+    }
+    Ok(scan)
+}
+
+fn sql_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------- writer --
+
+enum WriteOp {
+    Append { stream: StreamName, expected: ExpectedRevision, events: Vec<EventData> },
+    Delete { stream: StreamName, expected: ExpectedRevision, tombstone: bool },
+}
+
+enum Outcome {
+    Appended(AppendResult),
+    Deleted(DeleteResult),
+}
+
+struct WriteRequest {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+struct Writer {
+    conn: Connection,
+    /// Committed stream heads.
+    cache: HashMap<String, StreamHead>,
+    cache_limit: usize,
+    /// Committed `$all` head.
+    head: u64,
+    head_tx: watch::Sender<u64>,
+}
+
+/// What one open transaction has changed so far.
+struct Batch {
+    heads: HashMap<String, StreamHead>,
+    next_position: u64,
+    created_us: i64,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<WriteRequest>, max_batch: usize) {
+        let mut requests = Vec::with_capacity(max_batch);
+        while let Some(first) = queue.blocking_recv() {
+            requests.push(first);
+            while requests.len() < max_batch {
+                match queue.try_recv() {
+                    Ok(next) => requests.push(next),
+                    Err(_) => break,
+                }
+            }
+            let outcomes = self.commit(&requests);
+            for (request, outcome) in requests.drain(..).zip(outcomes) {
+                // A caller that went away no longer needs its answer.
+                let _ = request.reply.send(outcome);
+            }
+        }
+    }
+
+    /// Applies every request in one transaction. If the transaction cannot
+    /// commit, every request in it is answered with the error.
+    fn commit(&mut self, requests: &[WriteRequest]) -> Vec<Result<Outcome, StoreError>> {
+        let mut batch =
+            Batch { heads: HashMap::new(), next_position: self.head + 1, created_us: Utc::now().timestamp_micros() };
+        let applied = (|| -> rusqlite::Result<Vec<Result<Outcome, StoreError>>> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                outcomes.push(apply(&tx, &self.cache, &mut batch, &request.op)?);
+            }
+            tx.commit()?;
+            Ok(outcomes)
+        })();
+        match applied {
+            Ok(outcomes) => {
+                if self.cache.len() + batch.heads.len() > self.cache_limit {
+                    self.cache.clear();
+                }
+                self.cache.extend(batch.heads);
+                let new_head = batch.next_position - 1;
+                if new_head != self.head {
+                    self.head = new_head;
+                    self.head_tx.send_replace(new_head);
+                }
+                outcomes
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = requests.len(), "event store transaction failed");
+                let error = StoreError::Unavailable(format!("the write transaction failed: {e}"));
+                requests.iter().map(|_| Err(error.clone())).collect()
+            }
+        }
+    }
+}
+
+fn head_of(
+    conn: &Connection,
+    cache: &HashMap<String, StreamHead>,
+    batch: &Batch,
+    stream: &str,
+) -> rusqlite::Result<StreamHead> {
+    if let Some(head) = batch.heads.get(stream).or_else(|| cache.get(stream)) {
+        return Ok(*head);
+    }
+    load_head(conn, stream)
+}
+
+fn lookup_event_id(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<Recorded>> {
+    conn.prepare_cached("SELECT stream, revision, position FROM events WHERE event_id = ?1")?
+        .query_row([id.as_bytes()], |r| {
+            Ok(Recorded {
+                stream: r.get(0)?,
+                revision: r.get::<_, i64>(1)? as u64,
+                position: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .optional()
+}
+
+fn insert_row(
+    conn: &Connection,
+    batch: &mut Batch,
+    stream: &str,
+    revision: u64,
+    id: &Uuid,
+    event_type: &str,
+    data: &[u8],
+    metadata: &[u8],
+) -> rusqlite::Result<u64> {
+    let position = batch.next_position;
+    conn.prepare_cached(INSERT_EVENT)?.execute(params![
+        position as i64,
+        stream,
+        revision as i64,
+        id.as_bytes(),
+        event_type,
+        data,
+        metadata,
+        batch.created_us
+    ])?;
+    batch.next_position += 1;
+    Ok(position)
+}
+
+fn save_deletes(conn: &Connection, stream: &str, head: &StreamHead) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO stream_deletes (stream, truncate_before, soft_deleted, tombstoned) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (stream) DO UPDATE SET truncate_before = ?2, soft_deleted = ?3, tombstoned = ?4",
+    )?
+    .execute(params![stream, head.truncate_before as i64, head.soft_deleted, head.tombstoned])?;
+    Ok(())
+}
+
+/// Applies one request inside the open transaction. The outer error aborts
+/// the whole transaction; the inner one refuses only this request, before it
+/// wrote anything.
+fn apply(
+    conn: &Connection,
+    cache: &HashMap<String, StreamHead>,
+    batch: &mut Batch,
+    op: &WriteOp,
+) -> rusqlite::Result<Result<Outcome, StoreError>> {
+    match op {
+        WriteOp::Append { stream, expected, events } => {
+            let mut head = head_of(conn, cache, batch, stream.as_str())?;
+            let mut sql_error = None;
+            let checked = semantics::check_append(stream, *expected, events, &head, |id| {
+                lookup_event_id(conn, id).map_err(|e| {
+                    let message = e.to_string();
+                    sql_error = Some(e);
+                    StoreError::Backend(message)
+                })
+            });
+            if let Some(e) = sql_error {
+                return Err(e);
+            }
+            match checked {
+                Err(refused) => return Ok(Err(refused)),
+                Ok(Some(replayed)) => return Ok(Ok(Outcome::Appended(replayed))),
+                Ok(None) => {}
+            }
+            if events.is_empty() {
+                return Ok(match head.current() {
+                    CurrentRevision::NoStream => Err(StoreError::StreamNotFound(stream.clone())),
+                    CurrentRevision::Current(last) => {
+                        let position: i64 = conn
+                            .prepare_cached("SELECT position FROM events WHERE stream = ?1 AND revision = ?2")?
+                            .query_row(params![stream.as_str(), last.0 as i64], |r| r.get(0))?;
+                        Ok(Outcome::Appended(AppendResult {
+                            next_expected_revision: last,
+                            position: Position::at(position as u64),
+                        }))
+                    }
+                });
+            }
+            let mut position = 0;
+            for event in events {
+                let revision = head.next_revision();
+                position = insert_row(
+                    conn,
+                    batch,
+                    stream.as_str(),
+                    revision,
+                    &event.id,
+                    &event.event_type,
+                    &event.data,
+                    &event.metadata,
+                )?;
+                head.last = Some(revision);
+            }
+            if head.soft_deleted {
+                head.soft_deleted = false;
+                save_deletes(conn, stream.as_str(), &head)?;
+            }
+            batch.heads.insert(stream.as_str().to_owned(), head);
+            Ok(Ok(Outcome::Appended(AppendResult {
+                next_expected_revision: StreamRevision(head.last.unwrap_or_default()),
+                position: Position::at(position),
+            })))
+        }
+        WriteOp::Delete { stream, expected, tombstone } => {
+            let mut head = head_of(conn, cache, batch, stream.as_str())?;
+            if let Err(refused) = semantics::check_delete(stream, *expected, &head) {
+                return Ok(Err(refused));
+            }
+            let (event_type, body) = if *tombstone {
+                head.tombstoned = true;
+                (semantics::TOMBSTONE_EVENT_TYPE, b"{}".to_vec())
+            } else {
+                head.soft_delete();
+                (semantics::METADATA_EVENT_TYPE, semantics::truncate_before_body(head.truncate_before))
+            };
+            save_deletes(conn, stream.as_str(), &head)?;
+            batch.heads.insert(stream.as_str().to_owned(), head);
+            let meta_stream = semantics::metadata_stream(stream);
+            let mut meta_head = head_of(conn, cache, batch, &meta_stream)?;
+            let revision = meta_head.next_revision();
+            let position = insert_row(conn, batch, &meta_stream, revision, &Uuid::new_v4(), event_type, &body, b"")?;
+            meta_head.last = Some(revision);
+            batch.heads.insert(meta_stream, meta_head);
+            Ok(Ok(Outcome::Deleted(DeleteResult { position: Position::at(position) })))
+        }
+    }
+}
+
+// --------------------------------------------------------------- readers --
+
+struct ReaderPool {
+    path: PathBuf,
+    cache_kib: i64,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl ReaderPool {
+    /// Runs `read` on a pooled read connection on a blocking thread.
+    async fn run<R: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let _permit = self.permits.acquire().await.map_err(|_| closed())?;
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let conn = open_connection(&pool.path, pool.cache_kib)?;
+                    conn.execute_batch("PRAGMA query_only = ON").map_err(backend)?;
+                    conn
+                }
+            };
+            let result = read(&conn);
+            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("a read task failed: {e}")))?
+    }
+}
+
+/// The pool as the subscriptions' window reader.
+struct WindowReader(Arc<ReaderPool>);
+
+#[async_trait]
+impl PositionWindow for WindowReader {
+    async fn read_window(&self, after: u64, up_to: u64, filter: &AllFilter) -> Result<Vec<RecordedEvent>, StoreError> {
+        let filter = filter.clone();
+        self.0
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 AND position <= ?2 ORDER BY position"
+                );
+                let scan = collect_events(conn, &sql, params![after as i64, up_to as i64], usize::MAX, |s, t| {
+                    filter.matches(s, t)
+                })?;
+                Ok(scan.events)
+            })
+            .await
+    }
+}
+
+/// Rows read per query while looking for events that pass a filter.
+const SCAN_PAGE: usize = 1024;
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, StoreError> {
+        match self.write(WriteOp::Append { stream: stream.clone(), expected, events }).await? {
+            Outcome::Appended(result) => Ok(result),
+            Outcome::Deleted(_) => Err(StoreError::Backend("the writer answered an append with a delete".into())),
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        direction: Direction,
+        from: StreamStart,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.clone();
+        self.readers
+            .run(move |conn| {
+                let head = load_head(conn, stream.as_str()).map_err(backend)?;
+                if head.tombstoned {
+                    return Err(StoreError::StreamDeleted(stream));
+                }
+                if !head.is_readable() {
+                    return Err(StoreError::StreamNotFound(stream));
+                }
+                let first = head.truncate_before as i64;
+                let limit = sql_limit(max_count);
+                let (sql, low, high) = match (direction, from) {
+                    (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
+                    (Direction::Forwards, StreamStart::Start) => ("ASC", first, i64::MAX),
+                    (Direction::Forwards, StreamStart::Revision(r)) => {
+                        ("ASC", first.max(sql_limit(r.0 as usize)), i64::MAX)
+                    }
+                    (Direction::Backwards, StreamStart::Start) => ("DESC", first, first),
+                    (Direction::Backwards, StreamStart::End) => ("DESC", first, i64::MAX),
+                    (Direction::Backwards, StreamStart::Revision(r)) => ("DESC", first, sql_limit(r.0 as usize)),
+                };
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND revision >= ?2 AND revision <= ?3
+                     ORDER BY revision {sql} LIMIT ?4"
+                );
+                let scan =
+                    collect_events(conn, &sql, params![stream.as_str(), low, high, limit], usize::MAX, |_, _| true)?;
+                Ok(scan.events)
+            })
+            .await
+    }
+
+    async fn read_all(
+        &self,
+        direction: Direction,
+        from: AllStart,
+        filter: &AllFilter,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let filter = filter.clone();
+        self.readers
+            .run(move |conn| {
+                let forwards = direction == Direction::Forwards;
+                let mut cursor = match (direction, from) {
+                    (Direction::Forwards, AllStart::Start) => 1,
+                    (Direction::Forwards, AllStart::Position(p)) => sql_limit(p.commit as usize),
+                    (Direction::Backwards, AllStart::Position(p)) => sql_limit(p.commit as usize),
+                    (Direction::Backwards, AllStart::End) => i64::MAX,
+                    (Direction::Forwards, AllStart::End) | (Direction::Backwards, AllStart::Start) => {
+                        return Ok(Vec::new())
+                    }
+                };
+                let sql = if forwards {
+                    format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position ASC LIMIT ?2")
+                } else {
+                    format!("SELECT {EVENT_COLUMNS} FROM events WHERE position <= ?1 ORDER BY position DESC LIMIT ?2")
+                };
+                let mut events = Vec::new();
+                while events.len() < max_count {
+                    let wanted = max_count - events.len();
+                    let page = wanted.clamp(1, SCAN_PAGE);
+                    let scan = collect_events(conn, &sql, params![cursor, sql_limit(page)], wanted, |s, t| {
+                        filter.matches(s, t)
+                    })?;
+                    events.extend(scan.events);
+                    match scan.last_position {
+                        Some(last) if scan.rows == page => {
+                            cursor = if forwards { last + 1 } else { last - 1 };
+                        }
+                        _ => break,
+                    }
+                }
+                Ok(events)
+            })
+            .await
+    }
+
+    async fn subscribe_all(
+        &self,
+        start: SubscriptionStart,
+        filter: AllFilter,
+    ) -> Result<Box<dyn Subscription>, StoreError> {
+        let receiver = self.head.clone();
+        let after = match start {
+            SubscriptionStart::Start => 0,
+            SubscriptionStart::After(p) => p.commit,
+            SubscriptionStart::End => *receiver.borrow(),
+        };
+        let reader = Arc::new(WindowReader(self.readers.clone()));
+        Ok(Box::new(CatchUpSubscription::new(reader, filter, after, receiver)))
+    }
+
+    async fn delete_stream(&self, stream: &StreamName, expected: ExpectedRevision) -> Result<DeleteResult, StoreError> {
+        match self.write(WriteOp::Delete { stream: stream.clone(), expected, tombstone: false }).await? {
+            Outcome::Deleted(result) => Ok(result),
+            Outcome::Appended(_) => Err(StoreError::Backend("the writer answered a delete with an append".into())),
+        }
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+    ) -> Result<DeleteResult, StoreError> {
+        match self.write(WriteOp::Delete { stream: stream.clone(), expected, tombstone: true }).await? {
+            Outcome::Deleted(result) => Ok(result),
+            Outcome::Appended(_) => Err(StoreError::Backend("the writer answered a delete with an append".into())),
+        }
+    }
+
+    async fn head_position(&self) -> Result<Option<Position>, StoreError> {
+        let head = *self.head.borrow();
+        Ok((head > 0).then(|| Position::at(head)))
+    }
+}
+
+/// A connection to a fresh database at `path` with the store's pragmas and
+/// schema but none of its machinery: the benchmarks' baseline.
+pub(crate) fn plain_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_connection(path, SqliteOptions::default().cache_kib)?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// The statement the writer appends one event row with.
+pub(crate) const INSERT_EVENT: &str =
+    "INSERT INTO events (position, stream, revision, event_id, event_type, data, metadata, created_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
