@@ -518,7 +518,11 @@ pub fn accepted_at() -> DateTime<Utc> {
 }
 
 pub fn accepted() -> ReferralEvent {
-    ReferralEvent::Accepted(ReferralAccepted { referral: referral_id(), engagement: engagement(), accepted_at: accepted_at() })
+    ReferralEvent::Accepted(ReferralAccepted {
+        referral: referral_id(),
+        engagement: engagement(),
+        accepted_at: accepted_at(),
+    })
 }
 
 pub fn contact_added(name: &str, email: &str) -> ReferralEvent {
