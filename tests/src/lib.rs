@@ -7,22 +7,17 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use referral_commands::{ManualClock, Role};
 use referral_domain::clock::ExpiryPolicy;
-use referral_infra::grpc::auth::{self, TokenStore};
+use referral_infra::grpc::auth::{self, BearerToken, CommandsClient, TokenStore};
 use referral_infra::grpc::pb;
-use referral_infra::grpc::pb::referral_commands_client::ReferralCommandsClient;
 use referral_infra::server::{self, ServerParts};
-use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
 
 /// The moment the test clock starts at.
 pub fn test_epoch() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).single().expect("valid date")
 }
 
-type AuthFn = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
-pub type Client = ReferralCommandsClient<InterceptedService<Channel, AuthFn>>;
+pub type Client = CommandsClient;
 
 /// A server running in this process on 127.0.0.1 with a temporary data directory.
 pub struct TestServer {
@@ -56,24 +51,25 @@ impl TestServer {
     }
 
     pub async fn client(&self, token: &str) -> Client {
-        self.client_with_header(Some(format!("Bearer {token}"))).await
+        BearerToken::new(token).expect("token is a valid header value").client(self.channel().await)
     }
 
-    /// A client that sends `header` (or nothing) as its authorization metadata.
+    /// A client that sends `header` verbatim (or nothing) as its authorization metadata.
     pub async fn client_with_header(&self, header: Option<String>) -> Client {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
+        let auth = match header {
+            Some(h) => BearerToken::raw_header(&h).expect("header value"),
+            None => BearerToken::none(),
+        };
+        auth.client(self.channel().await)
+    }
+
+    /// A plain connection to the server, for the health and reflection services.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
             .expect("uri")
             .connect()
             .await
-            .expect("connect to test server");
-        let value: Option<MetadataValue<_>> = header.map(|h| h.parse().expect("header value"));
-        let f: AuthFn = Box::new(move |mut r: Request<()>| {
-            if let Some(v) = &value {
-                r.metadata_mut().insert("authorization", v.clone());
-            }
-            Ok(r)
-        });
-        ReferralCommandsClient::with_interceptor(channel, f)
+            .expect("connect to test server")
     }
 
     /// Stops the server, letting calls in flight finish.

@@ -69,6 +69,8 @@ struct Plain {
 struct PlainWorker {
     plain: Arc<Mutex<Plain>>,
     stream: String,
+    /// The stream's row id once its first append created it.
+    stream_id: Option<i64>,
     next_revision: i64,
     data: Arc<Vec<u8>>,
     metadata: Arc<Vec<u8>>,
@@ -78,17 +80,24 @@ struct PlainWorker {
 impl Worker for PlainWorker {
     async fn step(&mut self) -> Result<(), String> {
         let plain = self.plain.clone();
-        let (stream, revision, data, metadata) =
-            (self.stream.clone(), self.next_revision, self.data.clone(), self.metadata.clone());
-        tokio::task::spawn_blocking(move || {
+        let (stream, stream_id, revision, data, metadata) =
+            (self.stream.clone(), self.stream_id, self.next_revision, self.data.clone(), self.metadata.clone());
+        let stream_id = tokio::task::spawn_blocking(move || {
             let mut plain = plain.lock().map_err(|_| "baseline connection poisoned".to_string())?;
             let position = plain.next_position;
             let tx = plain.conn.transaction().map_err(|e| e.to_string())?;
+            let stream_id = match stream_id {
+                Some(id) => id,
+                None => {
+                    tx.execute("INSERT INTO streams (name) VALUES (?1)", [&stream]).map_err(|e| e.to_string())?;
+                    tx.last_insert_rowid()
+                }
+            };
             tx.prepare_cached(INSERT_EVENT)
                 .and_then(|mut s| {
                     s.execute(params![
                         position,
-                        stream,
+                        stream_id,
                         revision,
                         Uuid::new_v4().as_bytes(),
                         "ReferralEngagementUpdated",
@@ -100,10 +109,11 @@ impl Worker for PlainWorker {
                 .map_err(|e| e.to_string())?;
             tx.commit().map_err(|e| e.to_string())?;
             plain.next_position += 1;
-            Ok::<_, String>(())
+            Ok::<_, String>(stream_id)
         })
         .await
         .map_err(|e| e.to_string())??;
+        self.stream_id = Some(stream_id);
         self.next_revision += 1;
         Ok(())
     }
@@ -139,6 +149,7 @@ pub async fn bench_append(dir: &Path, duration: Duration) -> Result<BenchReport,
                 Box::new(PlainWorker {
                     plain: plain.clone(),
                     stream: format!("bench-{round}-{w}"),
+                    stream_id: None,
                     next_revision: 0,
                     data: shared_data.clone(),
                     metadata: shared_metadata.clone(),

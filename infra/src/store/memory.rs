@@ -14,7 +14,7 @@ use referral_domain::eventlog::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::semantics::{self, Recorded, StreamHead};
+use super::semantics::{self, StreamHead, StreamIds};
 use super::subscription::{CatchUpSubscription, PositionWindow};
 
 struct Row {
@@ -34,7 +34,29 @@ struct Log {
     heads: HashMap<String, StreamHead>,
     /// Positions of each stream's rows, in revision order.
     by_stream: HashMap<String, Vec<u64>>,
-    ids: HashMap<Uuid, u64>,
+}
+
+/// One stream's ids, as the idempotency check asks for them.
+struct Ids<'a> {
+    log: &'a Log,
+    stream: &'a str,
+}
+
+impl StreamIds for Ids<'_> {
+    fn at(&mut self, revision: u64) -> Result<Option<(Uuid, u64)>, StoreError> {
+        let position = self.log.by_stream.get(self.stream).and_then(|p| p.get(revision as usize));
+        Ok(position.map(|&p| (self.log.row(p).id, p)))
+    }
+
+    fn find(&mut self, id: &Uuid, from: u64) -> Result<Option<u64>, StoreError> {
+        let Some(positions) = self.log.by_stream.get(self.stream) else { return Ok(None) };
+        Ok(positions
+            .iter()
+            .enumerate()
+            .skip(from as usize)
+            .find(|(_, &p)| self.log.row(p).id == *id)
+            .map(|(r, _)| r as u64))
+    }
 }
 
 impl Log {
@@ -48,7 +70,6 @@ impl Log {
 
     fn push(&mut self, row: Row) -> u64 {
         let position = self.rows.len() as u64 + 1;
-        self.ids.insert(row.id, position);
         self.by_stream.entry(row.stream.clone()).or_default().push(position);
         self.rows.push(row);
         position
@@ -145,13 +166,8 @@ impl EventStore for InMemoryEventStore {
     ) -> Result<AppendResult, StoreError> {
         let log = self.shared.lock();
         let head = log.head(stream.as_str());
-        let lookup = |id: &Uuid| {
-            Ok(log.ids.get(id).map(|&p| {
-                let row = log.row(p);
-                Recorded { stream: row.stream.clone(), revision: row.revision, position: p }
-            }))
-        };
-        if let Some(replayed) = semantics::check_append(stream, expected, &events, &head, lookup)? {
+        let mut ids = Ids { log: &log, stream: stream.as_str() };
+        if let Some(replayed) = semantics::check_append(stream, expected, &events, &head, &mut ids)? {
             return Ok(replayed);
         }
         if events.is_empty() {

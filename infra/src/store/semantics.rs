@@ -61,94 +61,75 @@ impl StreamHead {
     }
 }
 
-/// Where an event id is already recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Recorded {
-    pub stream: String,
-    pub revision: u64,
-    pub position: u64,
+/// How far back an append with `Any` or `StreamExists` looks for its own
+/// events when deciding whether it is a retry (EventStoreDB, too, only
+/// recognises such retries among recent writes).
+pub(crate) const RETRY_WINDOW: u64 = 1000;
+
+/// What a backend can tell about the events a stream already holds.
+pub(crate) trait StreamIds {
+    /// The id and `$all` position of the event at `revision`, if any.
+    fn at(&mut self, revision: u64) -> Result<Option<(Uuid, u64)>, StoreError>;
+    /// The revision of the first event with `id` at or after `from`.
+    fn find(&mut self, id: &Uuid, from: u64) -> Result<Option<u64>, StoreError>;
 }
 
-/// How an append relates to what is already stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Prior {
-    /// None of the event ids is recorded.
-    New,
-    /// Every event id is recorded, in this stream, in order, from `first_revision`.
-    Replay { first_revision: u64, result: AppendResult },
-}
-
-/// Classifies an append by looking up each of its event ids.
-pub(crate) fn classify(
-    stream: &StreamName,
+/// Where a re-append would have to start to be a retry of an earlier append.
+fn retry_candidate(
+    expected: ExpectedRevision,
     events: &[EventData],
-    mut lookup: impl FnMut(&Uuid) -> Result<Option<Recorded>, StoreError>,
-) -> Result<Prior, StoreError> {
-    let mut found = Vec::with_capacity(events.len());
-    for event in events {
-        found.push(lookup(&event.id)?);
-    }
-    if found.iter().all(Option::is_none) {
-        return Ok(Prior::New);
-    }
-    let conflict = |reason: String| StoreError::IdempotencyConflict { stream: stream.clone(), reason };
-    let Some(Some(first)) = found.first() else {
-        return Err(conflict("some of its event ids are already recorded and others are not".into()));
-    };
-    let mut last_position = first.position;
-    for (i, (event, recorded)) in events.iter().zip(&found).enumerate() {
-        let Some(recorded) = recorded else {
-            return Err(conflict(format!("event id {} is new but earlier ids of the append are recorded", event.id)));
-        };
-        if recorded.stream != stream.as_str() {
-            return Err(conflict(format!("event id {} is recorded in stream {}", event.id, recorded.stream)));
+    head: &StreamHead,
+    ids: &mut dyn StreamIds,
+) -> Result<Option<u64>, StoreError> {
+    let Some(last) = head.last else { return Ok(None) };
+    Ok(match expected {
+        ExpectedRevision::Exact(StreamRevision(n)) if n < last => Some(n + 1),
+        ExpectedRevision::Exact(_) => None,
+        ExpectedRevision::NoStream if !head.admits(expected) => Some(head.truncate_before),
+        ExpectedRevision::NoStream => None,
+        ExpectedRevision::Any | ExpectedRevision::StreamExists => {
+            let from = last.saturating_sub(RETRY_WINDOW).max(head.truncate_before);
+            ids.find(&events[0].id, from)?
         }
-        if recorded.revision != first.revision + i as u64 {
-            return Err(conflict(format!(
-                "event id {} is recorded at revision {}, not in the order of this append",
-                event.id, recorded.revision
-            )));
-        }
-        last_position = recorded.position;
-    }
-    let last_revision = first.revision + events.len() as u64 - 1;
-    Ok(Prior::Replay {
-        first_revision: first.revision,
-        result: AppendResult {
-            next_expected_revision: StreamRevision(last_revision),
-            position: Position::at(last_position),
-        },
     })
 }
 
-/// Whether a replayed append's expected revision matches the stream as it
-/// was when the original append was written.
-pub(crate) fn replay_matches(expected: ExpectedRevision, first_revision: u64, head: &StreamHead) -> bool {
-    match expected {
-        ExpectedRevision::Any | ExpectedRevision::StreamExists => true,
-        ExpectedRevision::NoStream => first_revision == 0 || first_revision == head.truncate_before,
-        ExpectedRevision::Exact(StreamRevision(n)) => first_revision == n + 1,
-    }
-}
-
 /// The checks every append goes through before anything is written.
-/// `Ok(Some(result))` is an idempotent replay; `Ok(None)` means write.
+/// `Ok(Some(result))` is an idempotent replay of an earlier append with the
+/// same event ids; `Ok(None)` means write.
 pub(crate) fn check_append(
     stream: &StreamName,
     expected: ExpectedRevision,
     events: &[EventData],
     head: &StreamHead,
-    lookup: impl FnMut(&Uuid) -> Result<Option<Recorded>, StoreError>,
+    ids: &mut dyn StreamIds,
 ) -> Result<Option<AppendResult>, StoreError> {
     if head.tombstoned {
         return Err(StoreError::StreamDeleted(stream.clone()));
     }
-    if let Prior::Replay { first_revision, result } = classify(stream, events, lookup)? {
-        return if replay_matches(expected, first_revision, head) {
-            Ok(Some(result))
-        } else {
-            Err(head.wrong_expected(stream, expected))
-        };
+    if !events.is_empty() {
+        if let Some(first) = retry_candidate(expected, events, head, ids)? {
+            let mut last_position = None;
+            for (i, event) in events.iter().enumerate() {
+                match ids.at(first + i as u64)? {
+                    Some((id, position)) if id == event.id => last_position = Some(position),
+                    _ if i == 0 => break,
+                    _ => return Err(StoreError::IdempotencyConflict {
+                        stream: stream.clone(),
+                        reason: format!(
+                            "its first {i} event id(s) match the events from revision {first} but event id {} does not",
+                            event.id
+                        ),
+                    }),
+                }
+            }
+            if let Some(position) = last_position {
+                return Ok(Some(AppendResult {
+                    next_expected_revision: StreamRevision(first + events.len() as u64 - 1),
+                    position: Position::at(position),
+                }));
+            }
+        }
     }
     if !head.admits(expected) {
         return Err(head.wrong_expected(stream, expected));

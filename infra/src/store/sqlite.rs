@@ -31,16 +31,26 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use uuid::Uuid;
 
-use super::semantics::{self, Recorded, StreamHead};
+use super::semantics::{self, StreamHead, StreamIds};
 use super::subscription::{CatchUpSubscription, PositionWindow};
 
 /// The schema version this build reads and writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
 
+/// Streams get small sequential ids so that the events index keeps the
+/// streams being written to together on a few pages: a group commit then
+/// rewrites a handful of index pages instead of one per stream.
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS streams (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT    NOT NULL UNIQUE,
+    truncate_before INTEGER NOT NULL DEFAULT 0,
+    soft_deleted    INTEGER NOT NULL DEFAULT 0,
+    tombstoned      INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS events (
     position   INTEGER PRIMARY KEY,
-    stream     TEXT    NOT NULL,
+    stream_id  INTEGER NOT NULL REFERENCES streams (id),
     revision   INTEGER NOT NULL,
     event_id   BLOB    NOT NULL,
     event_type TEXT    NOT NULL,
@@ -48,17 +58,13 @@ CREATE TABLE IF NOT EXISTS events (
     metadata   BLOB    NOT NULL,
     created_us INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream, revision);
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
-CREATE TABLE IF NOT EXISTS stream_deletes (
-    stream          TEXT    PRIMARY KEY,
-    truncate_before INTEGER NOT NULL,
-    soft_deleted    INTEGER NOT NULL,
-    tombstoned      INTEGER NOT NULL
-) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
 ";
 
-const EVENT_COLUMNS: &str = "position, stream, revision, event_id, event_type, data, metadata, created_us";
+/// Selects an event row with its stream's name, in the order `recorded_event` reads.
+const SELECT_EVENTS: &str =
+    "SELECT e.position, s.name, e.revision, e.event_id, e.event_type, e.data, e.metadata, e.created_us
+     FROM events e JOIN streams s ON s.id = e.stream_id";
 
 /// Tuning knobs; the defaults suit a small server.
 #[derive(Debug, Clone)]
@@ -198,17 +204,35 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// A stream as the store knows it: its row id (none before its first
+/// write) and its head.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    id: Option<i64>,
+    head: StreamHead,
+}
+
 /// Reads a stream's head as committed (or as written so far by the
 /// writer's open transaction, on the writer's connection).
-fn load_head(conn: &Connection, stream: &str) -> rusqlite::Result<StreamHead> {
-    let last: Option<i64> =
-        conn.prepare_cached("SELECT MAX(revision) FROM events WHERE stream = ?1")?.query_row([stream], |r| r.get(0))?;
-    let deletes = conn
-        .prepare_cached("SELECT truncate_before, soft_deleted, tombstoned FROM stream_deletes WHERE stream = ?1")?
-        .query_row([stream], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?)))
+fn load_stream(conn: &Connection, stream: &str) -> rusqlite::Result<Known> {
+    let row = conn
+        .prepare_cached("SELECT id, truncate_before, soft_deleted, tombstoned FROM streams WHERE name = ?1")?
+        .query_row([stream], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?))
+        })
         .optional()?;
-    let (truncate_before, soft_deleted, tombstoned) = deletes.unwrap_or((0, false, false));
-    Ok(StreamHead { last: last.map(|l| l as u64), truncate_before: truncate_before as u64, soft_deleted, tombstoned })
+    let Some((id, truncate_before, soft_deleted, tombstoned)) = row else { return Ok(Known::default()) };
+    let last: Option<i64> =
+        conn.prepare_cached("SELECT MAX(revision) FROM events WHERE stream_id = ?1")?.query_row([id], |r| r.get(0))?;
+    Ok(Known {
+        id: Some(id),
+        head: StreamHead {
+            last: last.map(|l| l as u64),
+            truncate_before: truncate_before as u64,
+            soft_deleted,
+            tombstoned,
+        },
+    })
 }
 
 fn recorded_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, StoreError>> {
@@ -292,8 +316,8 @@ struct WriteRequest {
 
 struct Writer {
     conn: Connection,
-    /// Committed stream heads.
-    cache: HashMap<String, StreamHead>,
+    /// Committed streams.
+    cache: HashMap<String, Known>,
     cache_limit: usize,
     /// Committed `$all` head.
     head: u64,
@@ -302,7 +326,7 @@ struct Writer {
 
 /// What one open transaction has changed so far.
 struct Batch {
-    heads: HashMap<String, StreamHead>,
+    streams: HashMap<String, Known>,
     next_position: u64,
     created_us: i64,
 }
@@ -330,7 +354,7 @@ impl Writer {
     /// commit, every request in it is answered with the error.
     fn commit(&mut self, requests: &[WriteRequest]) -> Vec<Result<Outcome, StoreError>> {
         let mut batch =
-            Batch { heads: HashMap::new(), next_position: self.head + 1, created_us: Utc::now().timestamp_micros() };
+            Batch { streams: HashMap::new(), next_position: self.head + 1, created_us: Utc::now().timestamp_micros() };
         let applied = (|| -> rusqlite::Result<Vec<Result<Outcome, StoreError>>> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(requests.len());
@@ -342,10 +366,10 @@ impl Writer {
         })();
         match applied {
             Ok(outcomes) => {
-                if self.cache.len() + batch.heads.len() > self.cache_limit {
+                if self.cache.len() + batch.streams.len() > self.cache_limit {
                     self.cache.clear();
                 }
-                self.cache.extend(batch.heads);
+                self.cache.extend(batch.streams);
                 let new_head = batch.next_position - 1;
                 if new_head != self.head {
                     self.head = new_head;
@@ -362,34 +386,75 @@ impl Writer {
     }
 }
 
-fn head_of(
-    conn: &Connection,
-    cache: &HashMap<String, StreamHead>,
-    batch: &Batch,
-    stream: &str,
-) -> rusqlite::Result<StreamHead> {
-    if let Some(head) = batch.heads.get(stream).or_else(|| cache.get(stream)) {
-        return Ok(*head);
+fn known(conn: &Connection, cache: &HashMap<String, Known>, batch: &Batch, stream: &str) -> rusqlite::Result<Known> {
+    if let Some(known) = batch.streams.get(stream).or_else(|| cache.get(stream)) {
+        return Ok(*known);
     }
-    load_head(conn, stream)
+    load_stream(conn, stream)
 }
 
-fn lookup_event_id(conn: &Connection, id: &Uuid) -> rusqlite::Result<Option<Recorded>> {
-    conn.prepare_cached("SELECT stream, revision, position FROM events WHERE event_id = ?1")?
-        .query_row([id.as_bytes()], |r| {
-            Ok(Recorded {
-                stream: r.get(0)?,
-                revision: r.get::<_, i64>(1)? as u64,
-                position: r.get::<_, i64>(2)? as u64,
-            })
-        })
-        .optional()
+/// The row id of a stream, creating its row on first use.
+fn stream_id(conn: &Connection, stream: &str, known: &mut Known) -> rusqlite::Result<i64> {
+    if let Some(id) = known.id {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO streams (name) VALUES (?1)")?.execute([stream])?;
+    let id = conn.last_insert_rowid();
+    known.id = Some(id);
+    Ok(id)
 }
 
+/// The writer's view of one stream's event ids, inside its transaction.
+struct WriterIds<'a> {
+    conn: &'a Connection,
+    stream_id: Option<i64>,
+    /// The SQL error that stopped a lookup; it aborts the transaction.
+    failure: Option<rusqlite::Error>,
+}
+
+impl WriterIds<'_> {
+    fn fail(&mut self, e: rusqlite::Error) -> StoreError {
+        let error = StoreError::Backend(e.to_string());
+        self.failure = Some(e);
+        error
+    }
+}
+
+impl StreamIds for WriterIds<'_> {
+    fn at(&mut self, revision: u64) -> Result<Option<(Uuid, u64)>, StoreError> {
+        let Some(stream_id) = self.stream_id else { return Ok(None) };
+        let found = self
+            .conn
+            .prepare_cached("SELECT event_id, position FROM events WHERE stream_id = ?1 AND revision = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![stream_id, revision as i64], |r| {
+                    Ok((Uuid::from_bytes(r.get::<_, [u8; 16]>(0)?), r.get::<_, i64>(1)? as u64))
+                })
+                .optional()
+            });
+        found.map_err(|e| self.fail(e))
+    }
+
+    fn find(&mut self, id: &Uuid, from: u64) -> Result<Option<u64>, StoreError> {
+        let Some(stream_id) = self.stream_id else { return Ok(None) };
+        let found = self
+            .conn
+            .prepare_cached(
+                "SELECT revision FROM events WHERE stream_id = ?1 AND revision >= ?2 AND event_id = ?3
+                 ORDER BY revision LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![stream_id, from as i64, id.as_bytes()], |r| r.get::<_, i64>(0)).optional()
+            });
+        found.map(|r| r.map(|r| r as u64)).map_err(|e| self.fail(e))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn insert_row(
     conn: &Connection,
     batch: &mut Batch,
-    stream: &str,
+    stream_id: i64,
     revision: u64,
     id: &Uuid,
     event_type: &str,
@@ -399,7 +464,7 @@ fn insert_row(
     let position = batch.next_position;
     conn.prepare_cached(INSERT_EVENT)?.execute(params![
         position as i64,
-        stream,
+        stream_id,
         revision as i64,
         id.as_bytes(),
         event_type,
@@ -411,12 +476,9 @@ fn insert_row(
     Ok(position)
 }
 
-fn save_deletes(conn: &Connection, stream: &str, head: &StreamHead) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO stream_deletes (stream, truncate_before, soft_deleted, tombstoned) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (stream) DO UPDATE SET truncate_before = ?2, soft_deleted = ?3, tombstoned = ?4",
-    )?
-    .execute(params![stream, head.truncate_before as i64, head.soft_deleted, head.tombstoned])?;
+fn save_deletes(conn: &Connection, stream_id: i64, head: &StreamHead) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE streams SET truncate_before = ?2, soft_deleted = ?3, tombstoned = ?4 WHERE id = ?1")?
+        .execute(params![stream_id, head.truncate_before as i64, head.soft_deleted, head.tombstoned])?;
     Ok(())
 }
 
@@ -425,22 +487,16 @@ fn save_deletes(conn: &Connection, stream: &str, head: &StreamHead) -> rusqlite:
 /// wrote anything.
 fn apply(
     conn: &Connection,
-    cache: &HashMap<String, StreamHead>,
+    cache: &HashMap<String, Known>,
     batch: &mut Batch,
     op: &WriteOp,
 ) -> rusqlite::Result<Result<Outcome, StoreError>> {
     match op {
         WriteOp::Append { stream, expected, events } => {
-            let mut head = head_of(conn, cache, batch, stream.as_str())?;
-            let mut sql_error = None;
-            let checked = semantics::check_append(stream, *expected, events, &head, |id| {
-                lookup_event_id(conn, id).map_err(|e| {
-                    let message = e.to_string();
-                    sql_error = Some(e);
-                    StoreError::Backend(message)
-                })
-            });
-            if let Some(e) = sql_error {
+            let mut known = known(conn, cache, batch, stream.as_str())?;
+            let mut ids = WriterIds { conn, stream_id: known.id, failure: None };
+            let checked = semantics::check_append(stream, *expected, events, &known.head, &mut ids);
+            if let Some(e) = ids.failure {
                 return Err(e);
             }
             match checked {
@@ -449,64 +505,61 @@ fn apply(
                 Ok(None) => {}
             }
             if events.is_empty() {
-                return Ok(match head.current() {
-                    CurrentRevision::NoStream => Err(StoreError::StreamNotFound(stream.clone())),
-                    CurrentRevision::Current(last) => {
+                // Nothing to write: answer with the stream's current head.
+                return Ok(match (known.head.current(), known.id) {
+                    (CurrentRevision::Current(last), Some(id)) => {
                         let position: i64 = conn
-                            .prepare_cached("SELECT position FROM events WHERE stream = ?1 AND revision = ?2")?
-                            .query_row(params![stream.as_str(), last.0 as i64], |r| r.get(0))?;
+                            .prepare_cached("SELECT position FROM events WHERE stream_id = ?1 AND revision = ?2")?
+                            .query_row(params![id, last.0 as i64], |r| r.get(0))?;
                         Ok(Outcome::Appended(AppendResult {
                             next_expected_revision: last,
                             position: Position::at(position as u64),
                         }))
                     }
+                    _ => Err(StoreError::StreamNotFound(stream.clone())),
                 });
             }
+            let id = stream_id(conn, stream.as_str(), &mut known)?;
             let mut position = 0;
             for event in events {
-                let revision = head.next_revision();
-                position = insert_row(
-                    conn,
-                    batch,
-                    stream.as_str(),
-                    revision,
-                    &event.id,
-                    &event.event_type,
-                    &event.data,
-                    &event.metadata,
-                )?;
-                head.last = Some(revision);
+                let revision = known.head.next_revision();
+                position =
+                    insert_row(conn, batch, id, revision, &event.id, &event.event_type, &event.data, &event.metadata)?;
+                known.head.last = Some(revision);
             }
-            if head.soft_deleted {
-                head.soft_deleted = false;
-                save_deletes(conn, stream.as_str(), &head)?;
+            if known.head.soft_deleted {
+                known.head.soft_deleted = false;
+                save_deletes(conn, id, &known.head)?;
             }
-            batch.heads.insert(stream.as_str().to_owned(), head);
+            let last = known.head.last.unwrap_or_default();
+            batch.streams.insert(stream.as_str().to_owned(), known);
             Ok(Ok(Outcome::Appended(AppendResult {
-                next_expected_revision: StreamRevision(head.last.unwrap_or_default()),
+                next_expected_revision: StreamRevision(last),
                 position: Position::at(position),
             })))
         }
         WriteOp::Delete { stream, expected, tombstone } => {
-            let mut head = head_of(conn, cache, batch, stream.as_str())?;
-            if let Err(refused) = semantics::check_delete(stream, *expected, &head) {
+            let mut known = known(conn, cache, batch, stream.as_str())?;
+            if let Err(refused) = semantics::check_delete(stream, *expected, &known.head) {
                 return Ok(Err(refused));
             }
             let (event_type, body) = if *tombstone {
-                head.tombstoned = true;
+                known.head.tombstoned = true;
                 (semantics::TOMBSTONE_EVENT_TYPE, b"{}".to_vec())
             } else {
-                head.soft_delete();
-                (semantics::METADATA_EVENT_TYPE, semantics::truncate_before_body(head.truncate_before))
+                known.head.soft_delete();
+                (semantics::METADATA_EVENT_TYPE, semantics::truncate_before_body(known.head.truncate_before))
             };
-            save_deletes(conn, stream.as_str(), &head)?;
-            batch.heads.insert(stream.as_str().to_owned(), head);
+            let id = stream_id(conn, stream.as_str(), &mut known)?;
+            save_deletes(conn, id, &known.head)?;
+            batch.streams.insert(stream.as_str().to_owned(), known);
             let meta_stream = semantics::metadata_stream(stream);
-            let mut meta_head = head_of(conn, cache, batch, &meta_stream)?;
-            let revision = meta_head.next_revision();
-            let position = insert_row(conn, batch, &meta_stream, revision, &Uuid::new_v4(), event_type, &body, b"")?;
-            meta_head.last = Some(revision);
-            batch.heads.insert(meta_stream, meta_head);
+            let mut meta = self::known(conn, cache, batch, &meta_stream)?;
+            let meta_id = stream_id(conn, &meta_stream, &mut meta)?;
+            let revision = meta.head.next_revision();
+            let position = insert_row(conn, batch, meta_id, revision, &Uuid::new_v4(), event_type, &body, b"")?;
+            meta.head.last = Some(revision);
+            batch.streams.insert(meta_stream, meta);
             Ok(Ok(Outcome::Deleted(DeleteResult { position: Position::at(position) })))
         }
     }
@@ -557,9 +610,7 @@ impl PositionWindow for WindowReader {
         let filter = filter.clone();
         self.0
             .run(move |conn| {
-                let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 AND position <= ?2 ORDER BY position"
-                );
+                let sql = format!("{SELECT_EVENTS} WHERE e.position > ?1 AND e.position <= ?2 ORDER BY e.position");
                 let scan = collect_events(conn, &sql, params![after as i64, up_to as i64], usize::MAX, |s, t| {
                     filter.matches(s, t)
                 })?;
@@ -596,7 +647,7 @@ impl EventStore for SqliteEventStore {
         let stream = stream.clone();
         self.readers
             .run(move |conn| {
-                let head = load_head(conn, stream.as_str()).map_err(backend)?;
+                let Known { id, head } = load_stream(conn, stream.as_str()).map_err(backend)?;
                 if head.tombstoned {
                     return Err(StoreError::StreamDeleted(stream));
                 }
@@ -616,11 +667,10 @@ impl EventStore for SqliteEventStore {
                     (Direction::Backwards, StreamStart::Revision(r)) => ("DESC", first, sql_limit(r.0 as usize)),
                 };
                 let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND revision >= ?2 AND revision <= ?3
-                     ORDER BY revision {sql} LIMIT ?4"
+                    "{SELECT_EVENTS} WHERE e.stream_id = ?1 AND e.revision >= ?2 AND e.revision <= ?3
+                     ORDER BY e.revision {sql} LIMIT ?4"
                 );
-                let scan =
-                    collect_events(conn, &sql, params![stream.as_str(), low, high, limit], usize::MAX, |_, _| true)?;
+                let scan = collect_events(conn, &sql, params![id, low, high, limit], usize::MAX, |_, _| true)?;
                 Ok(scan.events)
             })
             .await
@@ -647,9 +697,9 @@ impl EventStore for SqliteEventStore {
                     }
                 };
                 let sql = if forwards {
-                    format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position ASC LIMIT ?2")
+                    format!("{SELECT_EVENTS} WHERE e.position >= ?1 ORDER BY e.position ASC LIMIT ?2")
                 } else {
-                    format!("SELECT {EVENT_COLUMNS} FROM events WHERE position <= ?1 ORDER BY position DESC LIMIT ?2")
+                    format!("{SELECT_EVENTS} WHERE e.position <= ?1 ORDER BY e.position DESC LIMIT ?2")
                 };
                 let mut events = Vec::new();
                 while events.len() < max_count {
@@ -720,5 +770,5 @@ pub(crate) fn plain_connection(path: &Path) -> Result<Connection, StoreError> {
 
 /// The statement the writer appends one event row with.
 pub(crate) const INSERT_EVENT: &str =
-    "INSERT INTO events (position, stream, revision, event_id, event_type, data, metadata, created_us)
+    "INSERT INTO events (position, stream_id, revision, event_id, event_type, data, metadata, created_us)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
