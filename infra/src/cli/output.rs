@@ -4,7 +4,17 @@ use serde_json::{json, Value};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use referral_domain::error::Violations;
+
 use crate::grpc::pb;
+
+/// Prints a line to stdout; a closed pipe (`| head`) ends the output quietly.
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 use crate::grpc::pb::google::r#type as gtype;
 
 pub enum Response {
@@ -94,7 +104,8 @@ pub fn referral_json(r: &pb::Referral) -> Value {
         "customer": {
             "company_name": customer.company_name,
             "industry": customer.industry,
-            "size_band": enum_name(pb::SizeBand::try_from(customer.size_band).ok().map(|s| s.as_str_name()), "SIZE_BAND_"),
+            "size_band": crate::grpc::convert::size_band("size_band", customer.size_band, &mut Violations::new())
+                .map(|s| s.as_str()),
             "country": customer.country,
             "contact": customer.contact.as_ref().map(contact),
         },
@@ -194,9 +205,9 @@ pub fn print(response: &Response, as_json: bool) {
     match response {
         Response::Command(verb, r) => {
             if as_json {
-                println!("{}", result_json(r));
+                emit!("{}", result_json(r));
             } else {
-                println!("{}", result_text(verb, r));
+                emit!("{}", result_text(verb, r));
             }
         }
         Response::Submitted(s) => {
@@ -213,11 +224,11 @@ pub fn print(response: &Response, as_json: bool) {
                         })
                     })
                     .collect();
-                println!("{}", json!({ "referrals": list }));
+                emit!("{}", json!({ "referrals": list }));
             } else {
                 for r in &s.referrals {
                     let replay = r.result.as_ref().is_some_and(|x| x.replayed);
-                    println!(
+                    emit!(
                         "referral {} for partner {} (region {}){}",
                         r.referral_id,
                         r.partner_id,
@@ -229,9 +240,9 @@ pub fn print(response: &Response, as_json: bool) {
         }
         Response::Referral(r) => {
             if as_json {
-                println!("{}", referral_json(r));
+                emit!("{}", referral_json(r));
             } else {
-                println!("{}", referral_text(r));
+                emit!("{}", referral_text(r));
             }
         }
     }
@@ -241,7 +252,7 @@ pub fn print_failure(failure: &Failure, as_json: bool) {
     match failure {
         Failure::Local(message) => {
             if as_json {
-                println!("{}", json!({"error": {"code": "local", "message": message}}));
+                emit!("{}", json!({"error": {"code": "local", "message": message}}));
             } else {
                 eprintln!("error: {message}");
             }
@@ -255,10 +266,7 @@ pub fn print_failure(failure: &Failure, as_json: bool) {
             if as_json {
                 let fields: Vec<Value> =
                     violations.iter().map(|(f, d)| json!({"field": f, "description": d})).collect();
-                println!(
-                    "{}",
-                    json!({"error": {"code": code, "message": status.message(), "field_violations": fields}})
-                );
+                emit!("{}", json!({"error": {"code": code, "message": status.message(), "field_violations": fields}}));
             } else {
                 eprintln!("error ({code}): {}", status.message());
                 for (field, description) in violations {

@@ -114,13 +114,15 @@ pub(crate) fn check_append(
                 match ids.at(first + i as u64)? {
                     Some((id, position)) if id == event.id => last_position = Some(position),
                     _ if i == 0 => break,
-                    _ => return Err(StoreError::IdempotencyConflict {
-                        stream: stream.clone(),
-                        reason: format!(
+                    _ => {
+                        return Err(StoreError::IdempotencyConflict {
+                            stream: stream.clone(),
+                            reason: format!(
                             "its first {i} event id(s) match the events from revision {first} but event id {} does not",
                             event.id
                         ),
-                    }),
+                        })
+                    }
                 }
             }
             if let Some(position) = last_position {
