@@ -91,6 +91,13 @@ fn run_and_kill(db: &Path, run_for: Duration) -> Vec<Ack> {
     complete_acks(&stdout)
 }
 
+/// One stored event of a planned append, as its data describes it.
+struct Part<'a> {
+    index: u64,
+    count: u64,
+    event: &'a RecordedEvent,
+}
+
 /// Everything the store holds after a kill.
 struct Snapshot {
     all: Vec<RecordedEvent>,
@@ -134,21 +141,21 @@ async fn verify(db: &Path, acks: &[Ack], previous: Option<&Snapshot>) -> Snapsho
     // Appends are atomic: each stored append has all its events, in order,
     // at consecutive revisions of one stream; and each writer's stored
     // appends are a prefix of its plan.
-    let mut appends: BTreeMap<(u64, u64), Vec<(u64, u64, &RecordedEvent)>> = BTreeMap::new();
+    let mut appends: BTreeMap<(u64, u64), Vec<Part>> = BTreeMap::new();
     for event in &all {
         let data: serde_json::Value = serde_json::from_slice(&event.data).expect("event data is JSON");
         let field = |name: &str| data[name].as_u64().unwrap_or_else(|| panic!("event data without {name}: {data}"));
-        appends.entry((field("writer"), field("append"))).or_default().push((field("index"), field("count"), event));
+        let part = Part { index: field("index"), count: field("count"), event };
+        appends.entry((field("writer"), field("append"))).or_default().push(part);
     }
     let mut per_writer: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for ((writer, append), events) in &appends {
-        let count = events[0].1;
-        let indices: Vec<u64> = events.iter().map(|(i, _, _)| *i).collect();
-        assert_eq!(indices, (0..count).collect::<Vec<_>>(), "append {append} of writer {writer} is torn");
-        let first = events[0].2;
-        for (offset, (_, _, event)) in events.iter().enumerate() {
-            assert_eq!(event.stream, first.stream, "append {append} of writer {writer} spans streams");
-            assert_eq!(event.revision, StreamRevision(first.revision.0 + offset as u64));
+    for ((writer, append), parts) in &appends {
+        let indices: Vec<u64> = parts.iter().map(|p| p.index).collect();
+        assert_eq!(indices, (0..parts[0].count).collect::<Vec<_>>(), "append {append} of writer {writer} is torn");
+        let first = parts[0].event;
+        for (offset, part) in parts.iter().enumerate() {
+            assert_eq!(part.event.stream, first.stream, "append {append} of writer {writer} spans streams");
+            assert_eq!(part.event.revision, StreamRevision(first.revision.0 + offset as u64));
         }
         per_writer.entry(*writer).or_default().push(*append);
     }

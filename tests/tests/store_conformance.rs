@@ -85,6 +85,8 @@ conformance! {
         idempotent_reappend_exact,
         idempotent_reappend_no_stream,
         idempotent_reappend_any_recent,
+        idempotent_reappend_stream_exists,
+        idempotent_reappend_after_recreation,
         reappend_with_other_expected_is_wrong_expected_version,
         reappend_with_different_later_ids_is_idempotency_conflict,
         positions_increase_in_commit_order,
@@ -411,12 +413,39 @@ async fn idempotent_reappend_any_recent(store: Store) {
     assert_eq!(recorded_ids(&read[1..]), ids(&batch));
 }
 
+async fn idempotent_reappend_stream_exists(store: Store) {
+    append(&store, "referral-1", ExpectedRevision::NoStream, &events("Created", 1)).await;
+    let batch = events("Updated", 2);
+    let original = append(&store, "referral-1", ExpectedRevision::StreamExists, &batch).await;
+    append(&store, "referral-1", exact(2), &events("Updated", 1)).await;
+    let replayed = append(&store, "referral-1", ExpectedRevision::StreamExists, &batch).await;
+    assert_eq!(replayed, original);
+    assert_eq!(revisions(&read_whole_stream(&store, "referral-1").await), vec![0, 1, 2, 3]);
+}
+
+async fn idempotent_reappend_after_recreation(store: Store) {
+    append(&store, "referral-1", ExpectedRevision::NoStream, &events("Created", 2)).await;
+    store.delete_stream(&stream("referral-1"), exact(1)).await.expect("soft delete");
+    let batch = events("Recreated", 2);
+    let original = append(&store, "referral-1", ExpectedRevision::NoStream, &batch).await;
+    assert_eq!(original.next_expected_revision, StreamRevision(3));
+    let replayed = append(&store, "referral-1", ExpectedRevision::NoStream, &batch).await;
+    assert_eq!(replayed, original);
+    assert_eq!(head(&store).await, Some(original.position), "a replay writes nothing");
+    assert_eq!(revisions(&read_whole_stream(&store, "referral-1").await), vec![2, 3]);
+}
+
 async fn reappend_with_other_expected_is_wrong_expected_version(store: Store) {
     let batch = events("Created", 2);
     append(&store, "referral-1", ExpectedRevision::NoStream, &batch).await;
-    let later = append(&store, "referral-1", exact(1), &events("Updated", 1)).await;
-    for expected in [exact(0), exact(2), exact(9)] {
+    let updated = events("Updated", 1);
+    let later = append(&store, "referral-1", exact(1), &updated).await;
+    for expected in [exact(0), exact(1), exact(9)] {
         let err = append_err(&store, "referral-1", expected, &batch).await;
+        assert_eq!(err, wrong_expected("referral-1", expected, current(2)), "re-append with {expected}");
+    }
+    for expected in [ExpectedRevision::NoStream, exact(0), exact(5)] {
+        let err = append_err(&store, "referral-1", expected, &updated).await;
         assert_eq!(err, wrong_expected("referral-1", expected, current(2)), "re-append with {expected}");
     }
     assert_eq!(head(&store).await, Some(later.position), "a refused re-append writes nothing");

@@ -205,6 +205,7 @@ impl EventStore for InMemoryEventStore {
             (Direction::Forwards, StreamStart::Revision(r)) => Box::new(r.0.max(first)..=last),
             (Direction::Forwards, StreamStart::End) => Box::new(std::iter::empty()),
             (Direction::Backwards, StreamStart::End) => Box::new((first..=last).rev()),
+            (Direction::Backwards, StreamStart::Start) => Box::new(std::iter::once(first)),
             (Direction::Backwards, StreamStart::Revision(r)) if r.0 >= first => Box::new((first..=r.0.min(last)).rev()),
             (Direction::Backwards, _) => Box::new(std::iter::empty()),
         };
