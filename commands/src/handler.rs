@@ -75,6 +75,9 @@ pub struct Loaded<S> {
     pub position: Option<Position>,
     /// Set when the stream already holds the events of the command being run.
     pub already_applied: Option<Written>,
+    /// The type of the first event the command being run recorded, when it
+    /// was already applied.
+    pub applied_event_type: Option<String>,
 }
 
 /// One partner (and region) an RFI is sent to.
@@ -183,6 +186,7 @@ impl CommandHandler {
             state = fold(state, codec::decode(recorded)?);
         }
         let revision = events.last().map_or(CurrentRevision::NoStream, |e| CurrentRevision::Current(e.revision));
+        let applied_event_type = applied.map(|(start, _)| events[start].event_type.clone());
         let already_applied = applied.map(|(start, end)| Written {
             stream: stream.clone(),
             events: end - start + 1,
@@ -190,7 +194,7 @@ impl CommandHandler {
             position: Some(events[end].position),
             replayed: true,
         });
-        Ok(Loaded { state, revision, position: events.last().map(|e| e.position), already_applied })
+        Ok(Loaded { state, revision, position: events.last().map(|e| e.position), already_applied, applied_event_type })
     }
 
     /// Reads a referral's current state.
@@ -226,7 +230,13 @@ impl CommandHandler {
             return Err(DomainError::ReferralNotFound(id).into());
         };
         check_access(actor, &referral)?;
-        let meta = Loaded { state: (), revision: loaded.revision, position: loaded.position, already_applied: None };
+        let meta = Loaded {
+            state: (),
+            revision: loaded.revision,
+            position: loaded.position,
+            already_applied: None,
+            applied_event_type: None,
+        };
         Ok((referral, meta))
     }
 
@@ -280,11 +290,13 @@ impl CommandHandler {
         let stream = command.referral.stream();
         for _ in 0..self.max_attempts {
             let loaded = self.load_referral(command.referral, Some(&ctx.command_id)).await?;
-            if let Some(written) = loaded.already_applied {
-                return Ok(written);
-            }
+            // Access first: a replay must not tell another partner anything.
             if let Some(referral) = &loaded.state.0 {
                 check_access(&ctx.actor, referral)?;
+            }
+            if let Some(written) = loaded.already_applied {
+                check_same_command(&ctx.command_id, command.action.event_type(), loaded.applied_event_type.as_deref())?;
+                return Ok(written);
             }
             let now = self.clock.now();
             let events = referral::decide(&loaded.state, command.clone(), now)?;
@@ -453,6 +465,19 @@ fn unchanged<S>(stream: &StreamName, loaded: &Loaded<S>) -> Written {
         CurrentRevision::Current(r) => Some(r),
     };
     Written { stream: stream.clone(), events: 0, revision, position: None, replayed: false }
+}
+
+/// A request id names one command: reusing it for a different command is a
+/// client error, not a replay.
+fn check_same_command(id: &CommandId, expected: &str, recorded: Option<&str>) -> Result<(), CommandError> {
+    match recorded {
+        Some(recorded) if recorded != expected => Err(DomainError::invalid(
+            "request_id",
+            format!("{id} was already used for a different command (it recorded {recorded})"),
+        )
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 fn check_access(actor: &Actor, referral: &Referral) -> Result<(), CommandError> {

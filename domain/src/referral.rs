@@ -281,6 +281,21 @@ impl ReferralAction {
             ReferralAction::MarkLost { .. } => "marking it lost",
         }
     }
+
+    /// The type of the first event this action records when it is allowed.
+    pub fn event_type(&self) -> &'static str {
+        let index = match self {
+            ReferralAction::Receive(_) => 0,
+            ReferralAction::Accept(_) => 1,
+            ReferralAction::Decline { .. } => 2,
+            ReferralAction::Expire => 3,
+            ReferralAction::AddContact(_) => 4,
+            ReferralAction::UpdateEngagement(_) => 5,
+            ReferralAction::MarkWon { .. } => 6,
+            ReferralAction::MarkLost { .. } => 7,
+        };
+        ReferralEvent::TYPES[index]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

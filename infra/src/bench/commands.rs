@@ -220,7 +220,11 @@ fn profile_request() -> pb::RegisterPartnerProfileRequest {
         region: REGION.into(),
         company_name: "Bench Partner GmbH".into(),
         description: "Cloud migrations.".into(),
-        locations: vec![],
+        locations: vec![pb::Location {
+            id: "berlin".into(),
+            name: "Berlin".into(),
+            contacts: vec![contact("Ines Berg", "ines@bench-partner.example")],
+        }],
         expertise: Some(pb::Expertise {
             industries: vec!["manufacturing".into()],
             products: vec!["erp".into()],

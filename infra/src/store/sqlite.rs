@@ -19,6 +19,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -89,6 +90,7 @@ impl Default for SqliteOptions {
 pub struct SqliteEventStore {
     writer: Option<mpsc::Sender<WriteRequest>>,
     writer_thread: Option<JoinHandle<()>>,
+    checkpointer: Option<Checkpointer>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
     path: PathBuf,
@@ -111,6 +113,9 @@ impl SqliteEventStore {
         })?;
         let conn = open_connection(path, options.cache_kib)?;
         migrate(&conn, path)?;
+        // Checkpoints run on their own thread so the writer's commits never
+        // wait for one.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0").map_err(backend)?;
         let head: u64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get::<_, i64>(0))
             .map_err(backend)? as u64;
@@ -122,6 +127,7 @@ impl SqliteEventStore {
             .name("event-store-writer".into())
             .spawn(move || writer.run(queue, max_batch))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        let checkpointer = Checkpointer::start(path, head_rx.clone())?;
         let readers = Arc::new(ReaderPool {
             path: path.to_path_buf(),
             cache_kib: options.cache_kib.min(4096),
@@ -131,6 +137,7 @@ impl SqliteEventStore {
         Ok(SqliteEventStore {
             writer: Some(requests),
             writer_thread: Some(writer_thread),
+            checkpointer: Some(checkpointer),
             readers,
             head: head_rx,
             path: path.to_path_buf(),
@@ -158,6 +165,9 @@ impl Drop for SqliteEventStore {
             if thread.join().is_err() {
                 tracing::error!("the event store writer thread panicked");
             }
+        }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
         }
     }
 }
@@ -324,6 +334,20 @@ struct Writer {
     head_tx: watch::Sender<u64>,
 }
 
+/// Longest the writer waits for more requests to share a commit with.
+const GATHER_WINDOW: Duration = Duration::from_micros(300);
+const GATHER_POLL: Duration = Duration::from_micros(40);
+
+/// Moves whatever is queued (up to `max`) into `requests`.
+fn drain(queue: &mut mpsc::Receiver<WriteRequest>, requests: &mut Vec<WriteRequest>, max: usize) {
+    while requests.len() < max {
+        match queue.try_recv() {
+            Ok(next) => requests.push(next),
+            Err(_) => break,
+        }
+    }
+}
+
 /// What one open transaction has changed so far.
 struct Batch {
     streams: HashMap<String, Known>,
@@ -334,14 +358,22 @@ struct Batch {
 impl Writer {
     fn run(mut self, mut queue: mpsc::Receiver<WriteRequest>, max_batch: usize) {
         let mut requests = Vec::with_capacity(max_batch);
+        let mut last_batch = 0;
         while let Some(first) = queue.blocking_recv() {
             requests.push(first);
-            while requests.len() < max_batch {
-                match queue.try_recv() {
-                    Ok(next) => requests.push(next),
-                    Err(_) => break,
+            drain(&mut queue, &mut requests, max_batch);
+            // Writers answered by the previous commit are about to send their
+            // next request. When that commit was shared by many, wait a
+            // moment for them so they share the next fsync too instead of
+            // splitting into a small commit and a large one.
+            if requests.len() * 2 < last_batch {
+                let deadline = Instant::now() + GATHER_WINDOW;
+                while requests.len() < last_batch && Instant::now() < deadline {
+                    std::thread::sleep(GATHER_POLL);
+                    drain(&mut queue, &mut requests, max_batch);
                 }
             }
+            last_batch = requests.len();
             let outcomes = self.commit(&requests);
             for (request, outcome) in requests.drain(..).zip(outcomes) {
                 // A caller that went away no longer needs its answer.
@@ -563,6 +595,61 @@ fn apply(
             Ok(Ok(Outcome::Deleted(DeleteResult { position: Position::at(position) })))
         }
     }
+}
+
+// ---------------------------------------------------------- checkpoints --
+
+/// How often the checkpointer looks for new WAL frames.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// WAL frames after which the checkpointer makes the writer wait for a
+/// checkpoint that lets the WAL start over, so it cannot grow without bound.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Copies committed WAL frames into the database file in the background.
+struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, head: watch::Receiver<u64>) -> Result<Self, StoreError> {
+        let conn = open_connection(path, 1024)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("event-store-checkpointer".into())
+            .spawn(move || {
+                let mut checkpointed_head = *head.borrow();
+                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_INTERVAL);
+                    let current = *head.borrow();
+                    if current == checkpointed_head {
+                        continue;
+                    }
+                    checkpointed_head = current;
+                    if let Err(e) = checkpoint(&conn) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer thread: {e}")))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::error!("the event store checkpointer thread panicked");
+        }
+    }
+}
+
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    let wal_frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    if wal_frames > WAL_RESTART_FRAMES {
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    Ok(())
 }
 
 // --------------------------------------------------------------- readers --
