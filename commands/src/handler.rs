@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use referral_domain::clock::ExpiryPolicy;
 use referral_domain::eventlog::{
-    CurrentRevision, Direction, EventStore, ExpectedRevision, Position, RecordedEvent, StoreError, StreamName,
-    StreamRevision, StreamStart,
+    AppendResult, CurrentRevision, Direction, EventData, EventStore, ExpectedRevision, Position, RecordedEvent,
+    StoreError, StreamName, StreamRevision, StreamStart,
 };
 use referral_domain::ids::{CommandId, LocationId, PartnerId, ReferralId, RegionId, RfiId};
 use referral_domain::profile::{self, PartnerCommand, PartnerState};
@@ -26,7 +26,9 @@ use referral_domain::referral::{
 };
 use referral_domain::{DomainError, Now};
 use serde::Serialize;
+use uuid::Uuid;
 
+use crate::cache::{self, Events, StreamCache, StreamEvent};
 use crate::clock::Clock;
 use crate::codec::{self, CodecError, DomainEvent, EventMetadata, CURRENT_SCHEMA_VERSION};
 use crate::context::{Actor, CommandContext};
@@ -78,6 +80,8 @@ pub struct Loaded<S> {
     /// The type of the first event the command being run recorded, when it
     /// was already applied.
     pub applied_event_type: Option<String>,
+    /// The state came from the handler's cache rather than a fresh read.
+    pub from_cache: bool,
 }
 
 /// One partner (and region) an RFI is sent to.
@@ -118,11 +122,25 @@ pub struct CommandHandler {
     clock: Arc<dyn Clock>,
     expiry: ExpiryPolicy,
     max_attempts: u32,
+    cache: Arc<StreamCache>,
 }
 
 impl CommandHandler {
     pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Self {
-        CommandHandler { store, clock, expiry: ExpiryPolicy::default(), max_attempts: DEFAULT_MAX_ATTEMPTS }
+        CommandHandler {
+            store,
+            clock,
+            expiry: ExpiryPolicy::default(),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            cache: Arc::new(StreamCache::new(cache::DEFAULT_CAPACITY)),
+        }
+    }
+
+    /// How many streams the handler keeps decoded in memory (0 turns the
+    /// cache off: every command reads its stream).
+    pub fn with_cache_capacity(mut self, streams: usize) -> Self {
+        self.cache = Arc::new(StreamCache::new(streams));
+        self
     }
 
     pub fn with_expiry(mut self, expiry: ExpiryPolicy) -> Self {
@@ -164,13 +182,38 @@ impl CommandHandler {
         }
     }
 
+    /// A stream's events, decoded: from the cache when `cached` allows and it
+    /// has them, else from the store (and then cached).
+    async fn events_of(&self, stream: &StreamName, cached: bool) -> Result<(Events, bool), CommandError> {
+        if cached {
+            if let Some(events) = self.cache.get(stream) {
+                return Ok((events, true));
+            }
+        }
+        let recorded = self.read_all_of(stream).await?;
+        let mut events = Vec::with_capacity(recorded.len());
+        for r in &recorded {
+            events.push(StreamEvent {
+                id: r.id,
+                event_type: r.event_type.clone(),
+                revision: r.revision,
+                position: Some(r.position),
+                event: codec::decode(r)?,
+            });
+        }
+        let events = Arc::new(events);
+        self.cache.put(stream, events.clone());
+        Ok((events, false))
+    }
+
     async fn load<S: Default>(
         &self,
         stream: &StreamName,
         command: Option<&CommandId>,
+        cached: bool,
         fold: impl Fn(S, DomainEvent) -> S,
     ) -> Result<Loaded<S>, CommandError> {
-        let events = self.read_all_of(stream).await?;
+        let (events, from_cache) = self.events_of(stream, cached).await?;
         let first_id = command.map(|c| c.event_id(stream, 0));
         let mut applied: Option<(usize, usize)> = None;
         let mut state = S::default();
@@ -183,7 +226,7 @@ impl CommandHandler {
                     *end = i;
                 }
             }
-            state = fold(state, codec::decode(recorded)?);
+            state = fold(state, recorded.event.clone());
         }
         let revision = events.last().map_or(CurrentRevision::NoStream, |e| CurrentRevision::Current(e.revision));
         let applied_event_type = applied.map(|(start, _)| events[start].event_type.clone());
@@ -191,10 +234,11 @@ impl CommandHandler {
             stream: stream.clone(),
             events: end - start + 1,
             revision: Some(events[end].revision),
-            position: Some(events[end].position),
+            position: events[end].position,
             replayed: true,
         });
-        Ok(Loaded { state, revision, position: events.last().map(|e| e.position), already_applied, applied_event_type })
+        let position = events.iter().rev().find_map(|e| e.position);
+        Ok(Loaded { state, revision, position, already_applied, applied_event_type, from_cache })
     }
 
     /// Reads a referral's current state.
@@ -203,7 +247,16 @@ impl CommandHandler {
         id: ReferralId,
         command: Option<&CommandId>,
     ) -> Result<Loaded<ReferralState>, CommandError> {
-        self.load(&id.stream(), command, |state, event| match event {
+        self.load_referral_from(id, command, false).await
+    }
+
+    async fn load_referral_from(
+        &self,
+        id: ReferralId,
+        command: Option<&CommandId>,
+        cached: bool,
+    ) -> Result<Loaded<ReferralState>, CommandError> {
+        self.load(&id.stream(), command, cached, |state, event| match event {
             DomainEvent::Referral(e) => referral::evolve(state, &e),
             DomainEvent::Partner(_) => state,
         })
@@ -216,7 +269,16 @@ impl CommandHandler {
         id: &PartnerId,
         command: Option<&CommandId>,
     ) -> Result<Loaded<PartnerState>, CommandError> {
-        self.load(&id.stream(), command, |state, event| match event {
+        self.load_partner_from(id, command, false).await
+    }
+
+    async fn load_partner_from(
+        &self,
+        id: &PartnerId,
+        command: Option<&CommandId>,
+        cached: bool,
+    ) -> Result<Loaded<PartnerState>, CommandError> {
+        self.load(&id.stream(), command, cached, |state, event| match event {
             DomainEvent::Partner(e) => profile::evolve(state, &e),
             DomainEvent::Referral(_) => state,
         })
@@ -236,6 +298,7 @@ impl CommandHandler {
             position: loaded.position,
             already_applied: None,
             applied_event_type: None,
+            from_cache: false,
         };
         Ok((referral, meta))
     }
@@ -263,22 +326,61 @@ impl CommandHandler {
     ) -> Result<Option<Written>, CommandError> {
         let metadata = self.metadata(ctx, now);
         let count = events.len();
-        let data = events
+        let data: Vec<EventData> = events
             .iter()
             .enumerate()
             .map(|(i, e)| codec::encode(ctx.command_id.event_id(stream, i), e, &metadata))
             .collect();
+        let ids_and_types: Vec<(Uuid, String)> = data.iter().map(|d| (d.id, d.event_type.clone())).collect();
         match self.store.append(stream, expected, data).await {
-            Ok(result) => Ok(Some(Written {
-                stream: stream.clone(),
-                events: count,
-                revision: Some(result.next_expected_revision),
-                position: Some(result.position),
-                replayed: false,
-            })),
-            Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            Ok(result) => {
+                self.remember_append(stream, expected, result, ids_and_types, events);
+                Ok(Some(Written {
+                    stream: stream.clone(),
+                    events: count,
+                    revision: Some(result.next_expected_revision),
+                    position: Some(result.position),
+                    replayed: false,
+                }))
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => {
+                self.cache.forget(stream);
+                Ok(None)
+            }
+            Err(e) => {
+                self.cache.forget(stream);
+                Err(e.into())
+            }
         }
+    }
+
+    /// Adds an append's events to the cached stream it was decided on.
+    fn remember_append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        result: AppendResult,
+        ids_and_types: Vec<(Uuid, String)>,
+        events: Vec<DomainEvent>,
+    ) {
+        let before = match expected {
+            ExpectedRevision::Exact(r) => Some(r),
+            ExpectedRevision::NoStream => None,
+            ExpectedRevision::Any | ExpectedRevision::StreamExists => return self.cache.forget(stream),
+        };
+        let count = events.len() as u64;
+        let first = result.next_expected_revision.0 + 1 - count;
+        let appended = ids_and_types
+            .into_iter()
+            .zip(events)
+            .enumerate()
+            .map(|(i, ((id, event_type), event))| {
+                let revision = StreamRevision(first + i as u64);
+                let position = (revision == result.next_expected_revision).then_some(result.position);
+                StreamEvent { id, event_type, revision, position, event }
+            })
+            .collect();
+        self.cache.extend(stream, before, appended);
     }
 
     /// Runs a referral command: load, check access, decide, append, retry.
@@ -288,8 +390,9 @@ impl CommandHandler {
         command: ReferralCommand,
     ) -> Result<Written, CommandError> {
         let stream = command.referral.stream();
+        let mut cached = true;
         for _ in 0..self.max_attempts {
-            let loaded = self.load_referral(command.referral, Some(&ctx.command_id)).await?;
+            let loaded = self.load_referral_from(command.referral, Some(&ctx.command_id), cached).await?;
             // Access first: a replay must not tell another partner anything.
             if let Some(referral) = &loaded.state.0 {
                 check_access(&ctx.actor, referral)?;
@@ -299,7 +402,15 @@ impl CommandHandler {
                 return Ok(written);
             }
             let now = self.clock.now();
-            let events = referral::decide(&loaded.state, command.clone(), now)?;
+            let events = match referral::decide(&loaded.state, command.clone(), now) {
+                Ok(events) => events,
+                // A refusal must be about the stream as it is, not as cached.
+                Err(_) if loaded.from_cache => {
+                    cached = false;
+                    continue;
+                }
+                Err(refused) => return Err(refused.into()),
+            };
             if events.is_empty() {
                 return Ok(unchanged(&stream, &loaded));
             }
@@ -324,13 +435,21 @@ impl CommandHandler {
             )));
         }
         let stream = command.partner.stream();
+        let mut cached = true;
         for _ in 0..self.max_attempts {
-            let loaded = self.load_partner(&command.partner, Some(&ctx.command_id)).await?;
+            let loaded = self.load_partner_from(&command.partner, Some(&ctx.command_id), cached).await?;
             if let Some(written) = loaded.already_applied {
                 return Ok(written);
             }
             let now = self.clock.now();
-            let events = profile::decide(&loaded.state, command.clone(), now)?;
+            let events = match profile::decide(&loaded.state, command.clone(), now) {
+                Ok(events) => events,
+                Err(_) if loaded.from_cache => {
+                    cached = false;
+                    continue;
+                }
+                Err(refused) => return Err(refused.into()),
+            };
             if events.is_empty() {
                 return Ok(unchanged(&stream, &loaded));
             }

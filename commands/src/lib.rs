@@ -10,9 +10,11 @@
 //! ```
 //!
 //! * [`handler`]: the loop, command-id idempotency, RFI fan-out;
+//! * [`cache`]: recently used streams, decoded, so most commands skip the read;
 //! * [`codec`]: events and metadata to and from JSON, upcasting;
 //! * [`context`]: who issues a command (actor, role) and its ids;
 //! * [`clock`]: the clock the engine is given.
+pub mod cache;
 pub mod clock;
 pub mod codec;
 pub mod context;

@@ -734,14 +734,22 @@ impl EventStore for SqliteEventStore {
         let stream = stream.clone();
         self.readers
             .run(move |conn| {
-                let Known { id, head } = load_stream(conn, stream.as_str()).map_err(backend)?;
-                if head.tombstoned {
-                    return Err(StoreError::StreamDeleted(stream));
-                }
-                if !head.is_readable() {
-                    return Err(StoreError::StreamNotFound(stream));
-                }
-                let first = head.truncate_before as i64;
+                // A stream's row exists once it was written or deleted; if it
+                // is neither soft-deleted nor tombstoned it has readable events.
+                let row = conn
+                    .prepare_cached("SELECT id, truncate_before, soft_deleted, tombstoned FROM streams WHERE name = ?1")
+                    .and_then(|mut s| {
+                        s.query_row([stream.as_str()], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?))
+                        })
+                        .optional()
+                    })
+                    .map_err(backend)?;
+                let (id, first) = match row {
+                    Some((_, _, _, true)) => return Err(StoreError::StreamDeleted(stream)),
+                    None | Some((_, _, true, _)) => return Err(StoreError::StreamNotFound(stream)),
+                    Some((id, truncate_before, false, false)) => (id, truncate_before),
+                };
                 let limit = sql_limit(max_count);
                 let (sql, low, high) = match (direction, from) {
                     (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
