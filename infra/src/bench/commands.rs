@@ -78,10 +78,15 @@ impl Target for InProcess {
     }
 }
 
+/// Clients over several connections: one HTTP/2 connection is served by
+/// one server task, so a single one would serialise the load.
 struct OverGrpc {
-    intake: CommandsClient,
-    partner: CommandsClient,
+    connections: Vec<(CommandsClient, CommandsClient)>,
+    next: std::sync::atomic::AtomicUsize,
 }
+
+/// Loopback connections the gRPC load is spread over.
+const CONNECTIONS: usize = 8;
 
 fn client(channel: Channel, token: &str) -> Result<CommandsClient, BenchError> {
     Ok(BearerToken::new(token).map_err(BenchError::Setup)?.client(channel))
@@ -90,7 +95,8 @@ fn client(channel: Channel, token: &str) -> Result<CommandsClient, BenchError> {
 #[async_trait]
 impl Target for OverGrpc {
     async fn call(&self, call: Call) -> Result<Option<String>, Status> {
-        let (mut intake, mut partner) = (self.intake.clone(), self.partner.clone());
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections.len();
+        let (mut intake, mut partner) = self.connections[n].clone();
         match call {
             Call::Submit(r) => {
                 let response = intake.submit_rfi(r).await?.into_inner();
@@ -282,13 +288,16 @@ async fn set_up(dir: &Path, options: SqliteOptions, grpc: bool) -> Result<Setup,
     let server = tokio::spawn(server::run(parts, listener, async {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| setup(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| setup(e.to_string()))?;
-    let target =
-        OverGrpc { intake: client(channel.clone(), &intake_token)?, partner: client(channel, &partner_token)? };
+    let mut connections = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| setup(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        connections.push((client(channel.clone(), &intake_token)?, client(channel, &partner_token)?));
+    }
+    let target = OverGrpc { connections, next: std::sync::atomic::AtomicUsize::new(0) };
     Ok(Setup { target: Arc::new(target), stop: Some(stop), server: Some(server) })
 }
 
