@@ -90,7 +90,6 @@ impl Default for SqliteOptions {
 pub struct SqliteEventStore {
     writer: Option<mpsc::Sender<WriteRequest>>,
     writer_thread: Option<JoinHandle<()>>,
-    checkpointer: Option<Checkpointer>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
     path: PathBuf,
@@ -113,9 +112,6 @@ impl SqliteEventStore {
         })?;
         let conn = open_connection(path, options.cache_kib)?;
         migrate(&conn, path)?;
-        // Checkpoints run on their own thread so the writer's commits never
-        // wait for one.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0").map_err(backend)?;
         let head: u64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get::<_, i64>(0))
             .map_err(backend)? as u64;
@@ -127,7 +123,6 @@ impl SqliteEventStore {
             .name("event-store-writer".into())
             .spawn(move || writer.run(queue, max_batch))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        let checkpointer = Checkpointer::start(path, head_rx.clone())?;
         let readers = Arc::new(ReaderPool {
             path: path.to_path_buf(),
             cache_kib: options.cache_kib.min(4096),
@@ -137,7 +132,6 @@ impl SqliteEventStore {
         Ok(SqliteEventStore {
             writer: Some(requests),
             writer_thread: Some(writer_thread),
-            checkpointer: Some(checkpointer),
             readers,
             head: head_rx,
             path: path.to_path_buf(),
@@ -165,9 +159,6 @@ impl Drop for SqliteEventStore {
             if thread.join().is_err() {
                 tracing::error!("the event store writer thread panicked");
             }
-        }
-        if let Some(checkpointer) = self.checkpointer.take() {
-            checkpointer.stop();
         }
     }
 }
@@ -595,61 +586,6 @@ fn apply(
             Ok(Ok(Outcome::Deleted(DeleteResult { position: Position::at(position) })))
         }
     }
-}
-
-// ---------------------------------------------------------- checkpoints --
-
-/// How often the checkpointer looks for new WAL frames.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
-/// WAL frames after which the checkpointer makes the writer wait for a
-/// checkpoint that lets the WAL start over, so it cannot grow without bound.
-const WAL_RESTART_FRAMES: i64 = 16_384;
-
-/// Copies committed WAL frames into the database file in the background.
-struct Checkpointer {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path, head: watch::Receiver<u64>) -> Result<Self, StoreError> {
-        let conn = open_connection(path, 1024)?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("event-store-checkpointer".into())
-            .spawn(move || {
-                let mut checkpointed_head = *head.borrow();
-                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(CHECKPOINT_INTERVAL);
-                    let current = *head.borrow();
-                    if current == checkpointed_head {
-                        continue;
-                    }
-                    checkpointed_head = current;
-                    if let Err(e) = checkpoint(&conn) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; it will be retried");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer thread: {e}")))?;
-        Ok(Checkpointer { stop, thread })
-    }
-
-    fn stop(self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if self.thread.join().is_err() {
-            tracing::error!("the event store checkpointer thread panicked");
-        }
-    }
-}
-
-fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
-    let wal_frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
-    if wal_frames > WAL_RESTART_FRAMES {
-        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
-    }
-    Ok(())
 }
 
 // --------------------------------------------------------------- readers --
