@@ -34,21 +34,60 @@ pub type Events = Arc<Vec<StreamEvent>>;
 
 pub struct StreamCache {
     capacity: usize,
-    streams: Mutex<HashMap<StreamName, Events>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Each stream with the tick it was last used at.
+    streams: HashMap<StreamName, (Events, u64)>,
+    tick: u64,
+}
+
+impl Inner {
+    fn touch(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// Makes room by dropping the least recently used eighth.
+    fn evict(&mut self, capacity: usize) {
+        if self.streams.len() < capacity {
+            return;
+        }
+        let mut ticks: Vec<u64> = self.streams.values().map(|(_, t)| *t).collect();
+        let cut = (capacity / 8).max(1).min(ticks.len() - 1);
+        let (_, oldest_kept, _) = ticks.select_nth_unstable(cut);
+        let oldest_kept = *oldest_kept;
+        self.streams.retain(|_, (_, t)| *t >= oldest_kept);
+    }
+
+    fn insert(&mut self, stream: &StreamName, events: Events, capacity: usize) {
+        if !self.streams.contains_key(stream) {
+            self.evict(capacity);
+        }
+        let tick = self.touch();
+        self.streams.insert(stream.clone(), (events, tick));
+    }
 }
 
 impl StreamCache {
     pub fn new(capacity: usize) -> Self {
-        StreamCache { capacity, streams: Mutex::new(HashMap::new()) }
+        StreamCache { capacity, inner: Mutex::new(Inner::default()) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<StreamName, Events>> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Entries are replaced whole, so a panic elsewhere cannot leave one torn.
-        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, stream: &StreamName) -> Option<Events> {
-        self.lock().get(stream).cloned()
+        let mut inner = self.lock();
+        let tick = inner.touch();
+        inner.streams.get_mut(stream).map(|(events, used)| {
+            *used = tick;
+            events.clone()
+        })
     }
 
     /// Records a stream as just read from the store.
@@ -56,39 +95,94 @@ impl StreamCache {
         if self.capacity == 0 || events.is_empty() {
             return;
         }
-        let mut streams = self.lock();
-        if streams.len() >= self.capacity && !streams.contains_key(stream) {
-            // Any entry will do: a miss costs one read.
-            if let Some(victim) = streams.keys().next().cloned() {
-                streams.remove(&victim);
-            }
-        }
-        streams.insert(stream.clone(), events);
+        self.lock().insert(stream, events, self.capacity);
     }
 
     /// Adds what an append wrote, if the cached stream is exactly the one the
     /// append was decided on (ends at `before`); otherwise forgets it.
     pub fn extend(&self, stream: &StreamName, before: Option<StreamRevision>, appended: Vec<StreamEvent>) {
-        let mut streams = self.lock();
-        let current = streams.get(stream).map(|e| e.last().map(|l| l.revision));
-        match current {
-            Some(last) if last == before => {
-                let mut events = streams.get(stream).map(|e| e.as_ref().clone()).unwrap_or_default();
+        if self.capacity == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        let cached = inner.streams.get(stream).map(|(events, _)| events.clone());
+        match cached {
+            Some(events) if events.last().map(|l| l.revision) == before => {
+                let mut events = events.as_ref().clone();
                 events.extend(appended);
-                streams.insert(stream.clone(), Arc::new(events));
+                inner.insert(stream, Arc::new(events), self.capacity);
             }
             Some(_) => {
-                streams.remove(stream);
+                inner.streams.remove(stream);
             }
-            None if before.is_none() => {
-                drop(streams);
-                self.put(stream, Arc::new(appended));
-            }
+            None if before.is_none() && !appended.is_empty() => inner.insert(stream, Arc::new(appended), self.capacity),
             None => {}
         }
     }
 
     pub fn forget(&self, stream: &StreamName) {
-        self.lock().remove(stream);
+        self.lock().streams.remove(stream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use referral_domain::ids::{PartnerId, RegionId};
+    use referral_domain::profile::{PartnerEvent, ProfilePaused};
+
+    use super::*;
+
+    fn stream(n: usize) -> StreamName {
+        StreamName::new(format!("partner-p{n}")).expect("stream name")
+    }
+
+    fn event(revision: u64) -> StreamEvent {
+        StreamEvent {
+            id: Uuid::new_v4(),
+            event_type: "PartnerProfilePaused".into(),
+            revision: StreamRevision(revision),
+            position: None,
+            event: DomainEvent::Partner(PartnerEvent::ProfilePaused(ProfilePaused {
+                partner: PartnerId::parse("p").expect("partner"),
+                region: RegionId::parse("emea").expect("region"),
+                paused_at: Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).single().expect("time"),
+            })),
+        }
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used() {
+        let cache = StreamCache::new(8);
+        for n in 0..8 {
+            cache.put(&stream(n), Arc::new(vec![event(0)]));
+        }
+        assert!(cache.get(&stream(0)).is_some());
+        cache.put(&stream(8), Arc::new(vec![event(0)]));
+        assert!(cache.get(&stream(0)).is_some(), "recently used survives");
+        assert!(cache.get(&stream(1)).is_none(), "least recently used goes");
+        assert!(cache.get(&stream(8)).is_some());
+    }
+
+    #[test]
+    fn extends_only_the_revision_the_append_was_decided_on() {
+        let cache = StreamCache::new(8);
+        cache.put(&stream(0), Arc::new(vec![event(0)]));
+        cache.extend(&stream(0), Some(StreamRevision(0)), vec![event(1)]);
+        assert_eq!(cache.get(&stream(0)).map(|e| e.len()), Some(2));
+        // Decided on revision 0 while the cache already holds revision 1: stale, so forgotten.
+        cache.extend(&stream(0), Some(StreamRevision(0)), vec![event(1)]);
+        assert!(cache.get(&stream(0)).is_none());
+        // A new stream's first append is cached.
+        cache.extend(&stream(1), None, vec![event(0)]);
+        assert_eq!(cache.get(&stream(1)).map(|e| e.len()), Some(1));
+    }
+
+    #[test]
+    fn capacity_zero_caches_nothing() {
+        let cache = StreamCache::new(0);
+        cache.put(&stream(0), Arc::new(vec![event(0)]));
+        cache.extend(&stream(1), None, vec![event(0)]);
+        assert!(cache.get(&stream(0)).is_none() && cache.get(&stream(1)).is_none());
     }
 }
