@@ -15,7 +15,6 @@ use referral_commands::{Clock, CommandHandler};
 use referral_domain::clock::ExpiryPolicy;
 use referral_domain::eventlog::EventStore;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::grpc::auth::{self, TokenStore};
 use crate::grpc::commands_service::CommandsService;
@@ -34,6 +33,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("cannot accept connections: {0}")]
+    Accept(String),
 }
 
 /// File name of the embedded event store inside the data directory.
@@ -71,12 +72,16 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Small request/response messages: send each at once rather than wait
+    // for more to fill a segment.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| ServeError::Accept(e.to_string()))?;
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(commands)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
