@@ -46,6 +46,9 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
     pub baseline_description: String,
     pub seconds_per_measurement: f64,
+    /// Median time of a 4 KiB write plus fsync in the benchmark's directory,
+    /// measured in the same run: what every durable commit pays at least.
+    pub fsync_us: Option<f64>,
     pub rows: Vec<BenchRow>,
 }
 
@@ -61,8 +64,15 @@ impl BenchReport {
             peak_rss_mb: peak_rss_mb().unwrap_or(0.0),
             baseline_description: baseline_description.into(),
             seconds_per_measurement: seconds,
+            fsync_us: None,
             rows,
         }
+    }
+
+    /// Adds the disk's fsync time, measured in `dir`.
+    pub fn with_fsync_of(mut self, dir: &std::path::Path) -> Self {
+        self.fsync_us = fsync_micros(dir).ok();
+        self
     }
 
     pub fn to_json(&self) -> String {
@@ -72,7 +82,11 @@ impl BenchReport {
     pub fn to_table(&self) -> String {
         let mut out =
             format!("bench {}: {} ({} s per measurement)\n", self.scenario, self.unit, self.seconds_per_measurement);
-        out.push_str(&format!("baseline: {}\n\n", self.baseline_description));
+        out.push_str(&format!("baseline: {}\n", self.baseline_description));
+        if let Some(us) = self.fsync_us {
+            out.push_str(&format!("disk: a 4 KiB write + fsync takes {us:.0} µs (median of 100)\n"));
+        }
+        out.push('\n');
         out.push_str(&format!(
             "{:>7}  {:>12}  {:>12}  {:>7}  {:>16}  {:>16}\n",
             "writers", "engine", "baseline", "ratio", "engine p50/p99", "baseline p50/p99"
@@ -98,6 +112,26 @@ impl BenchReport {
         ));
         out
     }
+}
+
+/// Median microseconds of a 4 KiB write and fsync of a scratch file in `dir`.
+pub fn fsync_micros(dir: &std::path::Path) -> std::io::Result<f64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("fsync-probe.tmp");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let mut times = Vec::with_capacity(100);
+    for _ in 0..100 {
+        let started = std::time::Instant::now();
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&block)?;
+        file.sync_all()?;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Peak resident set size of this process (`VmHWM`), in MB.

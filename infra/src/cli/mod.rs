@@ -194,6 +194,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
     };
     match report {
         Ok(report) => {
+            let report = report.with_fsync_of(&dir);
             if args.json {
                 println!("{}", report.to_json());
             } else {
