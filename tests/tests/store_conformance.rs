@@ -11,7 +11,7 @@ use referral_domain::eventlog::{
     RecordedEvent, StoreError, StreamName, StreamRevision, StreamStart, Subscription, SubscriptionMessage,
     SubscriptionStart,
 };
-use referral_infra::store::{InMemoryEventStore, SqliteEventStore};
+use referral_infra::store::{InMemoryEventStore, SqliteEventStore, SqliteOptions};
 use uuid::Uuid;
 
 type Store = Arc<dyn EventStore>;
@@ -39,6 +39,15 @@ impl Backend {
         let store = SqliteEventStore::open(&dir.path().join("events.db")).expect("open sqlite store");
         Backend { store: Arc::new(store), _dir: Some(dir) }
     }
+
+    /// SQLite writing its per-stream index to disk after every few events,
+    /// so reads always combine the table with entries still in memory.
+    fn sqlite_eager_index() -> Backend {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let options = SqliteOptions { index_flush: 3, ..SqliteOptions::default() };
+        let store = SqliteEventStore::open_with(&dir.path().join("events.db"), options).expect("open sqlite store");
+        Backend { store: Arc::new(store), _dir: Some(dir) }
+    }
 }
 
 macro_rules! conformance {
@@ -48,6 +57,16 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let backend = super::Backend::memory();
+                    super::run(super::$case(backend.store.clone())).await;
+                }
+            )*
+        }
+
+        mod sqlite_eager_index {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = super::Backend::sqlite_eager_index();
                     super::run(super::$case(backend.store.clone())).await;
                 }
             )*

@@ -107,6 +107,11 @@ impl Worker for PlainWorker {
                     ])
                 })
                 .map_err(|e| e.to_string())?;
+            tx.execute(
+                "INSERT INTO stream_index (stream_id, revision, position) VALUES (?1, ?2, ?3)",
+                params![stream_id, revision, position],
+            )
+            .map_err(|e| e.to_string())?;
             tx.commit().map_err(|e| e.to_string())?;
             plain.next_position += 1;
             Ok::<_, String>(stream_id)

@@ -8,6 +8,7 @@
 //! subscription in `subscription`, and both pass the conformance suite in
 //! `tests/tests/store_conformance.rs`.
 
+mod index;
 mod memory;
 mod semantics;
 mod sqlite;

@@ -10,11 +10,15 @@
 //! checks expected revisions and event-id idempotency before it writes
 //! anything; a request that is refused leaves no trace in the transaction.
 //!
+//! A commit writes event rows only; their per-stream index entries are
+//! written later in sorted batches (`index`), so a commit stays a few
+//! sequential pages however many streams it touches.
+//!
 //! Reads use a small pool of read connections on blocking threads; WAL lets
 //! them run beside the writer. Subscriptions sleep on a watch channel that
 //! the writer bumps to the new head after each commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,15 +36,16 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use uuid::Uuid;
 
+use super::index::{self, PendingIndex};
 use super::semantics::{self, StreamHead, StreamIds};
 use super::subscription::{CatchUpSubscription, PositionWindow};
 
 /// The schema version this build reads and writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
 
-/// Streams get small sequential ids so that the events index keeps the
-/// streams being written to together on a few pages: a group commit then
-/// rewrites a handful of index pages instead of one per stream.
+/// Events are stored in `$all` order; `stream_index` finds them by stream
+/// and revision and is written in batches (see `index`); `index_state` says
+/// up to which position it is complete.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS streams (
     id              INTEGER PRIMARY KEY,
@@ -59,7 +64,14 @@ CREATE TABLE IF NOT EXISTS events (
     metadata   BLOB    NOT NULL,
     created_us INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, revision);
+CREATE TABLE IF NOT EXISTS stream_index (
+    stream_id INTEGER NOT NULL,
+    revision  INTEGER NOT NULL,
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, revision)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_state (indexed_up_to INTEGER NOT NULL);
+INSERT INTO index_state SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM index_state);
 ";
 
 /// Selects an event row with its stream's name, in the order `recorded_event` reads.
@@ -78,11 +90,14 @@ pub struct SqliteOptions {
     pub head_cache: usize,
     /// SQLite page cache per connection, in KiB.
     pub cache_kib: i64,
+    /// Recent events' index entries held in memory before they are written
+    /// to the per-stream index in one sorted batch.
+    pub index_flush: usize,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { max_batch: 2048, readers: 8, head_cache: 100_000, cache_kib: 16 * 1024 }
+        SqliteOptions { max_batch: 2048, readers: 8, head_cache: 100_000, cache_kib: 16 * 1024, index_flush: 8192 }
     }
 }
 
@@ -91,6 +106,7 @@ pub struct SqliteEventStore {
     writer: Option<mpsc::Sender<WriteRequest>>,
     writer_thread: Option<JoinHandle<()>>,
     readers: Arc<ReaderPool>,
+    pending: Arc<Mutex<PendingIndex>>,
     head: watch::Receiver<u64>,
     path: PathBuf,
     /// Held for the store's lifetime so that a second process cannot write.
@@ -115,9 +131,18 @@ impl SqliteEventStore {
         let head: u64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get::<_, i64>(0))
             .map_err(backend)? as u64;
+        let pending = Arc::new(Mutex::new(index::recover(&conn).map_err(backend)?));
         let (head_tx, head_rx) = watch::channel(head);
         let (requests, queue) = mpsc::channel(options.max_batch * 4);
-        let writer = Writer { conn, cache: HashMap::new(), cache_limit: options.head_cache, head, head_tx };
+        let writer = Writer {
+            conn,
+            cache: HashMap::new(),
+            cache_limit: options.head_cache,
+            head,
+            head_tx,
+            pending: pending.clone(),
+            index_flush: options.index_flush,
+        };
         let max_batch = options.max_batch;
         let writer_thread = std::thread::Builder::new()
             .name("event-store-writer".into())
@@ -133,6 +158,7 @@ impl SqliteEventStore {
             writer: Some(requests),
             writer_thread: Some(writer_thread),
             readers,
+            pending,
             head: head_rx,
             path: path.to_path_buf(),
             _lock: lock,
@@ -161,6 +187,11 @@ impl Drop for SqliteEventStore {
             }
         }
     }
+}
+
+/// Locks a mutex whose holders never leave it half-changed, so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -215,7 +246,7 @@ struct Known {
 
 /// Reads a stream's head as committed (or as written so far by the
 /// writer's open transaction, on the writer's connection).
-fn load_stream(conn: &Connection, stream: &str) -> rusqlite::Result<Known> {
+fn load_stream(conn: &Connection, pending: &Mutex<PendingIndex>, stream: &str) -> rusqlite::Result<Known> {
     let row = conn
         .prepare_cached("SELECT id, truncate_before, soft_deleted, tombstoned FROM streams WHERE name = ?1")?
         .query_row([stream], |r| {
@@ -223,16 +254,10 @@ fn load_stream(conn: &Connection, stream: &str) -> rusqlite::Result<Known> {
         })
         .optional()?;
     let Some((id, truncate_before, soft_deleted, tombstoned)) = row else { return Ok(Known::default()) };
-    let last: Option<i64> =
-        conn.prepare_cached("SELECT MAX(revision) FROM events WHERE stream_id = ?1")?.query_row([id], |r| r.get(0))?;
+    let last = index::last_indexed_revision(conn, id)?.max(lock(pending).last_revision(id));
     Ok(Known {
         id: Some(id),
-        head: StreamHead {
-            last: last.map(|l| l as u64),
-            truncate_before: truncate_before as u64,
-            soft_deleted,
-            tombstoned,
-        },
+        head: StreamHead { last, truncate_before: truncate_before as u64, soft_deleted, tombstoned },
     })
 }
 
@@ -323,6 +348,9 @@ struct Writer {
     /// Committed `$all` head.
     head: u64,
     head_tx: watch::Sender<u64>,
+    /// Index entries committed but not yet in `stream_index`, shared with readers.
+    pending: Arc<Mutex<PendingIndex>>,
+    index_flush: usize,
 }
 
 /// Longest the writer waits for more requests to share a commit with.
@@ -344,6 +372,8 @@ struct Batch {
     streams: HashMap<String, Known>,
     next_position: u64,
     created_us: i64,
+    /// Index entries of the events this transaction wrote.
+    index: Vec<(i64, u64, u64)>,
 }
 
 impl Writer {
@@ -376,19 +406,43 @@ impl Writer {
     /// Applies every request in one transaction. If the transaction cannot
     /// commit, every request in it is answered with the error.
     fn commit(&mut self, requests: &[WriteRequest]) -> Vec<Result<Outcome, StoreError>> {
-        let mut batch =
-            Batch { streams: HashMap::new(), next_position: self.head + 1, created_us: Utc::now().timestamp_micros() };
+        let mut batch = Batch {
+            streams: HashMap::new(),
+            next_position: self.head + 1,
+            created_us: Utc::now().timestamp_micros(),
+            index: Vec::new(),
+        };
+        // Every pending entry is of a committed event, at or before `self.head`.
+        let flush = {
+            let pending = lock(&self.pending);
+            if pending.len() >= self.index_flush.max(1) {
+                pending.sorted()
+            } else {
+                Vec::new()
+            }
+        };
+        let flushed_up_to = self.head;
         let applied = (|| -> rusqlite::Result<Vec<Result<Outcome, StoreError>>> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
-                outcomes.push(apply(&tx, &self.cache, &mut batch, &request.op)?);
+                outcomes.push(apply(&tx, &self.cache, &self.pending, &mut batch, &request.op)?);
+            }
+            if !flush.is_empty() {
+                index::flush(&tx, &flush, flushed_up_to)?;
             }
             tx.commit()?;
             Ok(outcomes)
         })();
         match applied {
             Ok(outcomes) => {
+                {
+                    let mut pending = lock(&self.pending);
+                    pending.add(&batch.index);
+                    if !flush.is_empty() {
+                        pending.remove_up_to(flushed_up_to);
+                    }
+                }
                 if self.cache.len() + batch.streams.len() > self.cache_limit {
                     self.cache.clear();
                 }
@@ -409,11 +463,39 @@ impl Writer {
     }
 }
 
-fn known(conn: &Connection, cache: &HashMap<String, Known>, batch: &Batch, stream: &str) -> rusqlite::Result<Known> {
+fn known(
+    conn: &Connection,
+    cache: &HashMap<String, Known>,
+    pending: &Mutex<PendingIndex>,
+    batch: &Batch,
+    stream: &str,
+) -> rusqlite::Result<Known> {
     if let Some(known) = batch.streams.get(stream).or_else(|| cache.get(stream)) {
         return Ok(*known);
     }
-    load_stream(conn, stream)
+    load_stream(conn, pending, stream)
+}
+
+/// A stream's index entries with `low <= revision <= high` that are not in
+/// the table: pending ones and those of this transaction.
+fn unflushed(
+    pending: &Mutex<PendingIndex>,
+    batch_index: &[(i64, u64, u64)],
+    stream: i64,
+    low: u64,
+    high: u64,
+) -> BTreeMap<u64, u64> {
+    let mut entries = lock(pending).range(stream, low, high);
+    entries
+        .extend(batch_index.iter().filter(|e| e.0 == stream && (low..=high).contains(&e.1)).map(|&(_, r, p)| (r, p)));
+    entries
+}
+
+fn event_id_at(conn: &Connection, position: u64) -> rusqlite::Result<Option<Uuid>> {
+    conn.prepare_cached("SELECT event_id FROM events WHERE position = ?1")?
+        .query_row([position as i64], |r| r.get::<_, [u8; 16]>(0))
+        .optional()
+        .map(|id| id.map(Uuid::from_bytes))
 }
 
 /// The row id of a stream, creating its row on first use.
@@ -431,6 +513,8 @@ fn stream_id(conn: &Connection, stream: &str, known: &mut Known) -> rusqlite::Re
 struct WriterIds<'a> {
     conn: &'a Connection,
     stream_id: Option<i64>,
+    pending: &'a Mutex<PendingIndex>,
+    batch_index: &'a [(i64, u64, u64)],
     /// The SQL error that stopped a lookup; it aborts the transaction.
     failure: Option<rusqlite::Error>,
 }
@@ -446,30 +530,30 @@ impl WriterIds<'_> {
 impl StreamIds for WriterIds<'_> {
     fn at(&mut self, revision: u64) -> Result<Option<(Uuid, u64)>, StoreError> {
         let Some(stream_id) = self.stream_id else { return Ok(None) };
-        let found = self
-            .conn
-            .prepare_cached("SELECT event_id, position FROM events WHERE stream_id = ?1 AND revision = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![stream_id, revision as i64], |r| {
-                    Ok((Uuid::from_bytes(r.get::<_, [u8; 16]>(0)?), r.get::<_, i64>(1)? as u64))
-                })
-                .optional()
+        let entries = unflushed(self.pending, self.batch_index, stream_id, revision, revision);
+        let found =
+            index::positions(self.conn, stream_id, revision, revision, false, 1, &entries).and_then(|p| {
+                match p.first() {
+                    Some(&(_, position)) => Ok(event_id_at(self.conn, position)?.map(|id| (id, position))),
+                    None => Ok(None),
+                }
             });
         found.map_err(|e| self.fail(e))
     }
 
     fn find(&mut self, id: &Uuid, from: u64) -> Result<Option<u64>, StoreError> {
         let Some(stream_id) = self.stream_id else { return Ok(None) };
-        let found = self
-            .conn
-            .prepare_cached(
-                "SELECT revision FROM events WHERE stream_id = ?1 AND revision >= ?2 AND event_id = ?3
-                 ORDER BY revision LIMIT 1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![stream_id, from as i64, id.as_bytes()], |r| r.get::<_, i64>(0)).optional()
+        let entries = unflushed(self.pending, self.batch_index, stream_id, from, u64::MAX);
+        let found =
+            index::positions(self.conn, stream_id, from, u64::MAX, false, usize::MAX, &entries).and_then(|positions| {
+                for (revision, position) in positions {
+                    if event_id_at(self.conn, position)?.as_ref() == Some(id) {
+                        return Ok(Some(revision));
+                    }
+                }
+                Ok(None)
             });
-        found.map(|r| r.map(|r| r as u64)).map_err(|e| self.fail(e))
+        found.map_err(|e| self.fail(e))
     }
 }
 
@@ -496,6 +580,7 @@ fn insert_row(
         batch.created_us
     ])?;
     batch.next_position += 1;
+    batch.index.push((stream_id, revision, position));
     Ok(position)
 }
 
@@ -511,13 +596,14 @@ fn save_deletes(conn: &Connection, stream_id: i64, head: &StreamHead) -> rusqlit
 fn apply(
     conn: &Connection,
     cache: &HashMap<String, Known>,
+    pending: &Mutex<PendingIndex>,
     batch: &mut Batch,
     op: &WriteOp,
 ) -> rusqlite::Result<Result<Outcome, StoreError>> {
     match op {
         WriteOp::Append { stream, expected, events } => {
-            let mut known = known(conn, cache, batch, stream.as_str())?;
-            let mut ids = WriterIds { conn, stream_id: known.id, failure: None };
+            let mut known = known(conn, cache, pending, batch, stream.as_str())?;
+            let mut ids = WriterIds { conn, stream_id: known.id, pending, batch_index: &batch.index, failure: None };
             let checked = semantics::check_append(stream, *expected, events, &known.head, &mut ids);
             if let Some(e) = ids.failure {
                 return Err(e);
@@ -531,12 +617,12 @@ fn apply(
                 // Nothing to write: answer with the stream's current head.
                 return Ok(match (known.head.current(), known.id) {
                     (CurrentRevision::Current(last), Some(id)) => {
-                        let position: i64 = conn
-                            .prepare_cached("SELECT position FROM events WHERE stream_id = ?1 AND revision = ?2")?
-                            .query_row(params![id, last.0 as i64], |r| r.get(0))?;
+                        let entries = unflushed(pending, &batch.index, id, last.0, last.0);
+                        let found = index::positions(conn, id, last.0, last.0, false, 1, &entries)?;
+                        let position = found.first().map_or(0, |&(_, p)| p);
                         Ok(Outcome::Appended(AppendResult {
                             next_expected_revision: last,
-                            position: Position::at(position as u64),
+                            position: Position::at(position),
                         }))
                     }
                     _ => Err(StoreError::StreamNotFound(stream.clone())),
@@ -562,7 +648,7 @@ fn apply(
             })))
         }
         WriteOp::Delete { stream, expected, tombstone } => {
-            let mut known = known(conn, cache, batch, stream.as_str())?;
+            let mut known = known(conn, cache, pending, batch, stream.as_str())?;
             if let Err(refused) = semantics::check_delete(stream, *expected, &known.head) {
                 return Ok(Err(refused));
             }
@@ -577,7 +663,7 @@ fn apply(
             save_deletes(conn, id, &known.head)?;
             batch.streams.insert(stream.as_str().to_owned(), known);
             let meta_stream = semantics::metadata_stream(stream);
-            let mut meta = self::known(conn, cache, batch, &meta_stream)?;
+            let mut meta = self::known(conn, cache, pending, batch, &meta_stream)?;
             let meta_id = stream_id(conn, &meta_stream, &mut meta)?;
             let revision = meta.head.next_revision();
             let position = insert_row(conn, batch, meta_id, revision, &Uuid::new_v4(), event_type, &body, b"")?;
@@ -668,6 +754,7 @@ impl EventStore for SqliteEventStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream = stream.clone();
+        let pending = self.pending.clone();
         self.readers
             .run(move |conn| {
                 // A stream's row exists once it was written or deleted; if it
@@ -686,23 +773,28 @@ impl EventStore for SqliteEventStore {
                     None | Some((_, _, true, _)) => return Err(StoreError::StreamNotFound(stream)),
                     Some((id, truncate_before, false, false)) => (id, truncate_before),
                 };
-                let limit = sql_limit(max_count);
-                let (sql, low, high) = match (direction, from) {
+                let first = first as u64;
+                let (descending, low, high) = match (direction, from) {
                     (Direction::Forwards, StreamStart::End) => return Ok(Vec::new()),
-                    (Direction::Forwards, StreamStart::Start) => ("ASC", first, i64::MAX),
-                    (Direction::Forwards, StreamStart::Revision(r)) => {
-                        ("ASC", first.max(sql_limit(r.0 as usize)), i64::MAX)
-                    }
-                    (Direction::Backwards, StreamStart::Start) => ("DESC", first, first),
-                    (Direction::Backwards, StreamStart::End) => ("DESC", first, i64::MAX),
-                    (Direction::Backwards, StreamStart::Revision(r)) => ("DESC", first, sql_limit(r.0 as usize)),
+                    (Direction::Forwards, StreamStart::Start) => (false, first, u64::MAX),
+                    (Direction::Forwards, StreamStart::Revision(r)) => (false, first.max(r.0), u64::MAX),
+                    (Direction::Backwards, StreamStart::Start) => (true, first, first),
+                    (Direction::Backwards, StreamStart::End) => (true, first, u64::MAX),
+                    (Direction::Backwards, StreamStart::Revision(r)) => (true, first, r.0),
                 };
-                let sql = format!(
-                    "{SELECT_EVENTS} WHERE e.stream_id = ?1 AND e.revision >= ?2 AND e.revision <= ?3
-                     ORDER BY e.revision {sql} LIMIT ?4"
-                );
-                let scan = collect_events(conn, &sql, params![id, low, high, limit], usize::MAX, |_, _| true)?;
-                Ok(scan.events)
+                // Copy the pending entries before the snapshot starts (see `index`).
+                let unflushed = lock(&pending).range(id, low, high);
+                let snapshot = conn.unchecked_transaction().map_err(backend)?;
+                let positions =
+                    index::positions(&snapshot, id, low, high, descending, max_count, &unflushed).map_err(backend)?;
+                let sql = format!("{SELECT_EVENTS} WHERE e.position = ?1");
+                let mut events = Vec::with_capacity(positions.len());
+                for (_, position) in positions {
+                    let scan = collect_events(&snapshot, &sql, [position as i64], 1, |_, _| true)?;
+                    events.extend(scan.events);
+                }
+                snapshot.finish().map_err(backend)?;
+                Ok(events)
             })
             .await
     }
