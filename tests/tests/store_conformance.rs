@@ -134,7 +134,7 @@ conformance! {
         tombstone_wrong_expected_is_refused,
         concurrent_exact_appends_with_retry,
     ],
-    sqlite_only: [reopen_keeps_everything, reopen_continues_positions],
+    sqlite_only: [reopen_keeps_everything, reopen_continues_positions, reopen_finds_events_whether_indexed_or_not],
 }
 
 async fn run(case: impl std::future::Future<Output = ()>) {
@@ -1024,6 +1024,34 @@ async fn reopen_keeps_everything() {
     assert_eq!(err, wrong_expected("referral-1", exact(2), current(3)));
     let recreated = append(&store, "referral-2", ExpectedRevision::NoStream, &events("Recreated", 1)).await;
     assert_eq!(recreated.next_expected_revision, StreamRevision(2), "revisions continue after a restart");
+}
+
+/// Some index entries reach the table before the store is closed and some do
+/// not; after a reopen (with a different flush size) every stream reads whole.
+async fn reopen_finds_events_whether_indexed_or_not() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("events.db");
+    let before = {
+        let options = SqliteOptions { index_flush: 5, ..SqliteOptions::default() };
+        let store: Store = Arc::new(SqliteEventStore::open_with(&path, options).expect("open"));
+        for round in 0..4u64 {
+            for s in 0..3 {
+                let expected = if round == 0 { ExpectedRevision::NoStream } else { exact(round * 2 - 1) };
+                append(&store, &format!("referral-{s}"), expected, &events("Step", 2)).await;
+            }
+        }
+        read_everything(&store).await
+    };
+    let store: Store = Arc::new(SqliteEventStore::open(&path).expect("reopen"));
+    assert_eq!(read_everything(&store).await, before);
+    for s in 0..3 {
+        let name = format!("referral-{s}");
+        assert_eq!(revisions(&read_whole_stream(&store, &name).await), (0..8).collect::<Vec<u64>>());
+        let backwards = store.read_stream(&stream(&name), Direction::Backwards, StreamStart::End, 3).await;
+        assert_eq!(revisions(&backwards.expect("read backwards")), vec![7, 6, 5]);
+    }
+    let err = append_err(&store, "referral-0", exact(6), &events("Stale", 1)).await;
+    assert_eq!(err, wrong_expected("referral-0", exact(6), current(7)), "the head survives the reopen");
 }
 
 async fn reopen_continues_positions() {
