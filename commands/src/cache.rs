@@ -105,16 +105,14 @@ impl StreamCache {
             return;
         }
         let mut inner = self.lock();
-        let cached = inner.streams.get(stream).map(|(events, _)| events.clone());
-        match cached {
-            Some(events) if events.last().map(|l| l.revision) == before => {
-                let mut events = events.as_ref().clone();
-                events.extend(appended);
-                inner.insert(stream, Arc::new(events), self.capacity);
+        // Taken out of the map, the entry is usually the only handle on its
+        // events, so appending to it copies nothing.
+        match inner.streams.remove(stream) {
+            Some((mut events, _)) if events.last().map(|l| l.revision) == before => {
+                Arc::make_mut(&mut events).extend(appended);
+                inner.insert(stream, events, self.capacity);
             }
-            Some(_) => {
-                inner.streams.remove(stream);
-            }
+            Some(_) => {}
             None if before.is_none() && !appended.is_empty() => inner.insert(stream, Arc::new(appended), self.capacity),
             None => {}
         }
