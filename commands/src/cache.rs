@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use referral_domain::eventlog::{Position, StreamName, StreamRevision};
 use uuid::Uuid;
 
-use crate::codec::DomainEvent;
+use referral_domain::codec::DomainEvent;
 
 /// How many streams the cache holds; a referral's stream is a few kilobytes.
 pub const DEFAULT_CAPACITY: usize = 4096;

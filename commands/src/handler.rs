@@ -30,8 +30,8 @@ use uuid::Uuid;
 
 use crate::cache::{self, Events, StreamCache, StreamEvent};
 use crate::clock::Clock;
-use crate::codec::{self, CodecError, DomainEvent, EventMetadata, CURRENT_SCHEMA_VERSION};
 use crate::context::{Actor, CommandContext};
+use referral_domain::codec::{self, CodecError, DomainEvent, EventMetadata, CURRENT_SCHEMA_VERSION};
 
 /// How many times a command is retried after losing a race.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;

@@ -16,7 +16,7 @@
 //! * [`clock`]: the clock the engine is given.
 pub mod cache;
 pub mod clock;
-pub mod codec;
+pub use referral_domain::codec;
 pub mod context;
 pub mod handler;
 

@@ -138,7 +138,7 @@ pub enum Outcome {
 }
 
 /// A referral's current state, folded from its events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Referral {
     pub id: ReferralId,
     pub rfi: RfiId,
@@ -418,6 +418,20 @@ impl ReferralEvent {
             ReferralEvent::EngagementUpdated(_) => Self::TYPES[5],
             ReferralEvent::Won(_) => Self::TYPES[6],
             ReferralEvent::Lost(_) => Self::TYPES[7],
+        }
+    }
+
+    /// The referral the event belongs to.
+    pub fn referral(&self) -> ReferralId {
+        match self {
+            ReferralEvent::Received(e) => e.referral,
+            ReferralEvent::Accepted(e) => e.referral,
+            ReferralEvent::Declined(e) => e.referral,
+            ReferralEvent::Expired(e) => e.referral,
+            ReferralEvent::ContactAdded(e) => e.referral,
+            ReferralEvent::EngagementUpdated(e) => e.referral,
+            ReferralEvent::Won(e) => e.referral,
+            ReferralEvent::Lost(e) => e.referral,
         }
     }
 }

@@ -13,10 +13,10 @@
 //! is at version 1 today; an event of a version this build does not know is
 //! refused with a clear error rather than misread.
 
+use crate::eventlog::{EventData, RecordedEvent};
+use crate::profile::PartnerEvent;
+use crate::referral::ReferralEvent;
 use chrono::{DateTime, Utc};
-use referral_domain::eventlog::{EventData, RecordedEvent};
-use referral_domain::profile::PartnerEvent;
-use referral_domain::referral::ReferralEvent;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -104,20 +104,31 @@ pub fn decode_metadata(event: &RecordedEvent) -> Result<EventMetadata, CodecErro
     })
 }
 
+/// A payload ready to deserialize: the stored bytes when they are already at
+/// the current version (the common case, parsed without an intermediate
+/// tree), or the upcast JSON value.
+enum Payload<'a> {
+    Current(&'a [u8]),
+    #[allow(dead_code)] // built by the upcasters of later schema versions
+    Upcast(serde_json::Value),
+}
+
 /// Brings a payload written at `version` up to [`CURRENT_SCHEMA_VERSION`].
-fn upcast(event: &RecordedEvent, version: u32) -> Result<serde_json::Value, CodecError> {
-    let malformed =
-        |reason: String| CodecError::Malformed { id: event.id, event_type: event.event_type.clone(), reason };
+fn upcast(event: &RecordedEvent, version: u32) -> Result<Payload<'_>, CodecError> {
     if version == 0 || version > CURRENT_SCHEMA_VERSION {
         return Err(CodecError::UnknownVersion { id: event.id, event_type: event.event_type.clone(), version });
     }
-    let value: serde_json::Value = serde_json::from_slice(&event.data).map_err(|e| malformed(e.to_string()))?;
-    // Version 1 is current; steps for later versions are chained here.
-    Ok(value)
+    // Version 1 is current; steps for later versions are chained here and
+    // return `Payload::Upcast`.
+    Ok(Payload::Current(&event.data))
 }
 
-fn parse<T: DeserializeOwned>(event: &RecordedEvent, value: serde_json::Value) -> Result<T, CodecError> {
-    serde_json::from_value(value).map_err(|e| CodecError::Malformed {
+fn parse<T: DeserializeOwned>(event: &RecordedEvent, payload: Payload<'_>) -> Result<T, CodecError> {
+    let parsed = match payload {
+        Payload::Current(bytes) => serde_json::from_slice(bytes),
+        Payload::Upcast(value) => serde_json::from_value(value),
+    };
+    parsed.map_err(|e| CodecError::Malformed {
         id: event.id,
         event_type: event.event_type.clone(),
         reason: e.to_string(),

@@ -1,0 +1,248 @@
+//! The SQLite view database: one file (`views.db`) holding every projection's
+//! tables, their checkpoints and the registry that says which version of each
+//! projection answers queries.
+//!
+//! Views can always be rebuilt from the log, so the file runs with
+//! `synchronous=NORMAL`: a crash may lose the last few view transactions, but
+//! each transaction carries its checkpoint with its rows, so what survives is
+//! consistent and the lost tail is simply projected again.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use referral_domain::eventlog::Position;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::ViewError;
+
+/// How many idle read connections are kept.
+const READ_POOL: usize = 8;
+
+/// Handle on the view database. Cheap to clone.
+#[derive(Clone)]
+pub struct ViewDb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// Serialises this process's write transactions, so that projection
+    /// workers queue in memory instead of sleeping in SQLite's busy handler.
+    write_lock: Mutex<()>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// One projection version as the registry records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub name: String,
+    pub version: u32,
+    /// The projection code's schema this version was built with.
+    pub schema: u32,
+    /// Whether this version answers queries (the other one, if any, is being rebuilt).
+    pub active: bool,
+    pub checkpoint: Option<Position>,
+    pub events_applied: u64,
+    /// When the store recorded the last event applied.
+    pub last_event_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The failure that stopped this version: the event's position and the error.
+    pub failure: Option<(Position, String)>,
+}
+
+impl ViewDb {
+    /// Opens (or creates) the view database at `path`.
+    pub fn open(path: &Path) -> Result<ViewDb, ViewError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ViewError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = ViewDb {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                write_lock: Mutex::new(()),
+                readers: Mutex::new(Vec::new()),
+            }),
+        };
+        let conn = db.connect()?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS projection_versions (
+                name TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                schema INTEGER NOT NULL,
+                active INTEGER NOT NULL,
+                checkpoint_commit INTEGER,
+                checkpoint_prepare INTEGER,
+                events_applied INTEGER NOT NULL DEFAULT 0,
+                last_event_at INTEGER,
+                failed_commit INTEGER,
+                failed_prepare INTEGER,
+                failure TEXT,
+                PRIMARY KEY (name, version)
+            );",
+        )?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A new connection with the view database's settings.
+    pub fn connect(&self) -> Result<Connection, ViewError> {
+        let conn = Connection::open(&self.inner.path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -32_768)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        Ok(conn)
+    }
+
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) on `conn`, committing
+    /// when it returns `Ok`.
+    pub fn write<T, E>(&self, conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<rusqlite::Error>,
+    {
+        let _guard = self.inner.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` in a read transaction on a pooled connection: everything `f`
+    /// reads comes from one snapshot. Blocking; call from a blocking thread.
+    pub fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, ViewError>) -> Result<T, ViewError> {
+        let pooled = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let value = f(&tx)?;
+            tx.finish()?;
+            Ok(value)
+        })();
+        let mut readers = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < READ_POOL {
+            readers.push(conn);
+        }
+        result
+    }
+}
+
+fn position(commit: Option<i64>, prepare: Option<i64>) -> Option<Position> {
+    match (commit, prepare) {
+        (Some(commit), Some(prepare)) => Some(Position { commit: commit as u64, prepare: prepare as u64 }),
+        _ => None,
+    }
+}
+
+const VERSION_COLUMNS: &str = "name, version, schema, active, checkpoint_commit, checkpoint_prepare, events_applied, \
+                               failed_commit, failed_prepare, failure, last_event_at";
+
+fn version_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    let failure_at = position(row.get(7)?, row.get(8)?);
+    let failure: Option<String> = row.get(9)?;
+    Ok(VersionRecord {
+        name: row.get(0)?,
+        version: row.get(1)?,
+        schema: row.get(2)?,
+        active: row.get(3)?,
+        checkpoint: position(row.get(4)?, row.get(5)?),
+        events_applied: row.get::<_, i64>(6)? as u64,
+        last_event_at: row.get::<_, Option<i64>>(10)?.map(crate::projection::from_micros),
+        failure: failure_at.zip(failure),
+    })
+}
+
+/// Every version of `name` the registry knows, active first.
+pub fn versions(conn: &Connection, name: &str) -> rusqlite::Result<Vec<VersionRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS} FROM projection_versions WHERE name = ?1 ORDER BY active DESC, version"
+    ))?;
+    let rows = stmt.query_map([name], version_record)?;
+    rows.collect()
+}
+
+/// One version's record.
+pub fn version(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<Option<VersionRecord>> {
+    conn.prepare_cached(&format!("SELECT {VERSION_COLUMNS} FROM projection_versions WHERE name = ?1 AND version = ?2"))?
+        .query_row(params![name, version], version_record)
+        .optional()
+}
+
+/// The version of `name` that answers queries.
+pub fn active_version(conn: &Connection, name: &str) -> rusqlite::Result<Option<u32>> {
+    conn.prepare_cached("SELECT version FROM projection_versions WHERE name = ?1 AND active = 1")?
+        .query_row([name], |row| row.get(0))
+        .optional()
+}
+
+pub(crate) fn insert_version(
+    conn: &Connection,
+    name: &str,
+    version: u32,
+    schema: u32,
+    active: bool,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO projection_versions (name, version, schema, active) VALUES (?1, ?2, ?3, ?4)",
+        params![name, version, schema, active],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn save_checkpoint(
+    conn: &Connection,
+    name: &str,
+    version: u32,
+    checkpoint: Position,
+    applied: u64,
+    last_event_at: chrono::DateTime<chrono::Utc>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE projection_versions SET checkpoint_commit = ?3, checkpoint_prepare = ?4,
+         events_applied = events_applied + ?5, last_event_at = ?6 WHERE name = ?1 AND version = ?2",
+    )?
+    .execute(params![
+        name,
+        version,
+        checkpoint.commit as i64,
+        checkpoint.prepare as i64,
+        applied as i64,
+        crate::projection::micros(last_event_at)
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn save_failure(
+    conn: &Connection,
+    name: &str,
+    version: u32,
+    failure: Option<(Position, &str)>,
+) -> rusqlite::Result<()> {
+    let (commit, prepare, text) = match failure {
+        Some((at, text)) => (Some(at.commit as i64), Some(at.prepare as i64), Some(text)),
+        None => (None, None, None),
+    };
+    conn.execute(
+        "UPDATE projection_versions SET failed_commit = ?3, failed_prepare = ?4, failure = ?5
+         WHERE name = ?1 AND version = ?2",
+        params![name, version, commit, prepare, text],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn activate(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<()> {
+    conn.execute("UPDATE projection_versions SET active = (version = ?2) WHERE name = ?1", params![name, version])?;
+    Ok(())
+}
+
+pub(crate) fn delete_version(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM projection_versions WHERE name = ?1 AND version = ?2", params![name, version])?;
+    Ok(())
+}

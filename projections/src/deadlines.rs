@@ -1,0 +1,91 @@
+//! The `deadlines` projection: when each referral still New falls due to
+//! expire. The expiry scheduler reads it to find the referrals to expire.
+
+use chrono::{DateTime, Utc};
+use referral_domain::codec::DomainEvent;
+use referral_domain::referral::ReferralEvent;
+use rusqlite::{params, Connection};
+
+use crate::projection::{from_micros, micros, BatchError, ProjectedEvent, Projection, Version};
+use crate::ViewError;
+
+pub const NAME: &str = "deadlines";
+const TABLE: &str = "deadlines";
+
+/// A referral that is due (or will be due) to expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    pub referral: String,
+    pub partner: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct DeadlinesProjection;
+
+impl Projection for DeadlinesProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[TABLE]
+    }
+
+    fn create(&self, conn: &Connection, version: Version) -> rusqlite::Result<()> {
+        let t = version.table(TABLE);
+        conn.execute_batch(&format!(
+            "CREATE TABLE {t} (
+                referral TEXT PRIMARY KEY,
+                partner TEXT NOT NULL,
+                expires_at INTEGER NOT NULL
+            );
+            CREATE INDEX {t}_by_time ON {t} (expires_at, referral);"
+        ))
+    }
+
+    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+        let t = version.table(TABLE);
+        for (index, e) in events.iter().enumerate() {
+            let fail = |error: rusqlite::Error| BatchError { index, error: error.into() };
+            match &e.event {
+                DomainEvent::Referral(ReferralEvent::Received(r)) => {
+                    conn.prepare_cached(&format!(
+                        "INSERT OR REPLACE INTO {t} (referral, partner, expires_at) VALUES (?1, ?2, ?3)"
+                    ))
+                    .and_then(|mut s| {
+                        s.execute(params![r.referral.to_string(), r.partner.as_str(), micros(r.expires_at)])
+                    })
+                    .map_err(fail)?;
+                }
+                // Any answer or expiry takes the referral out of New for good.
+                DomainEvent::Referral(
+                    event @ (ReferralEvent::Accepted(_) | ReferralEvent::Declined(_) | ReferralEvent::Expired(_)),
+                ) => {
+                    conn.prepare_cached(&format!("DELETE FROM {t} WHERE referral = ?1"))
+                        .and_then(|mut s| s.execute([event.referral().to_string()]))
+                        .map_err(fail)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Referrals due to expire at or before `now`, earliest first.
+pub fn due(conn: &Connection, version: Version, now: DateTime<Utc>, limit: u32) -> Result<Vec<Deadline>, ViewError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT referral, partner, expires_at FROM {} WHERE expires_at <= ?1 ORDER BY expires_at, referral LIMIT ?2",
+        version.table(TABLE)
+    ))?;
+    let rows = stmt
+        .query_map(params![micros(now), limit], |row| {
+            Ok(Deadline { referral: row.get(0)?, partner: row.get(1)?, expires_at: from_micros(row.get(2)?) })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}

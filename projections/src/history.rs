@@ -1,0 +1,513 @@
+//! The `history` projection: each partner's accept/decline history, per
+//! profile (region): how many referrals it received, accepted, declined, let
+//! expire, won and lost; why it declined and lost; how fast it answered; its
+//! acceptance and win rates broken down by the RFI's features; the deal values
+//! and close dates it reported. This is what matching learns from.
+//!
+//! Counters are summed per batch in memory and written once per batch, so a
+//! rebuild does not rewrite the same counter row for every event.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use referral_domain::codec::DomainEvent;
+use referral_domain::referral::ReferralEvent;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::projection::{from_micros, micros, ApplyError, BatchError, ProjectedEvent, Projection, Version};
+use crate::ViewError;
+
+pub const NAME: &str = "history";
+const REFERRALS: &str = "history_referrals";
+const STATS: &str = "history_stats";
+const REASONS: &str = "history_reasons";
+const DEALS: &str = "history_deals";
+
+/// How many of the latest reported deals a history lists.
+pub const RECENT_DEALS: u32 = 20;
+
+/// What happened to the referrals of a partner (or of one feature value).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub received: u64,
+    pub accepted: u64,
+    pub declined: u64,
+    pub expired: u64,
+    pub won: u64,
+    pub lost: u64,
+}
+
+impl Counts {
+    /// Accepted out of those answered or expired; `None` before any.
+    pub fn acceptance_rate(&self) -> Option<f64> {
+        let decided = self.accepted + self.declined + self.expired;
+        (decided > 0).then(|| self.accepted as f64 / decided as f64)
+    }
+
+    /// Won out of those closed as won or lost; `None` before any.
+    pub fn win_rate(&self) -> Option<f64> {
+        let closed = self.won + self.lost;
+        (closed > 0).then(|| self.won as f64 / closed as f64)
+    }
+
+    fn add(&mut self, other: &Counts) {
+        self.received += other.received;
+        self.accepted += other.accepted;
+        self.declined += other.declined;
+        self.expired += other.expired;
+        self.won += other.won;
+        self.lost += other.lost;
+    }
+}
+
+/// Acceptance and win figures for one value of one RFI feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureStats {
+    /// `industry`, `size_band`, `product`, `service`, `keyword` or `region`.
+    pub kind: String,
+    pub value: String,
+    pub counts: Counts,
+}
+
+/// How many referrals were declined or lost for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub count: u64,
+}
+
+/// A won deal as the partner reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deal {
+    pub referral: String,
+    pub region: String,
+    pub currency: String,
+    pub minor_units: i64,
+    pub closed_on: NaiveDate,
+    pub reported_at: DateTime<Utc>,
+}
+
+/// The sum of won deals in one currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DealTotal {
+    pub currency: String,
+    pub deals: u64,
+    pub minor_units: i64,
+}
+
+/// Time from receipt to accept or decline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseTimes {
+    pub responded: u64,
+    pub median_seconds: Option<i64>,
+    pub p90_seconds: Option<i64>,
+}
+
+/// A partner's history, overall or for one region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartnerHistory {
+    pub partner: String,
+    pub region: Option<String>,
+    pub counts: Counts,
+    pub decline_reasons: Vec<ReasonCount>,
+    pub loss_reasons: Vec<ReasonCount>,
+    pub response_times: ResponseTimes,
+    pub by_feature: Vec<FeatureStats>,
+    pub deal_totals: Vec<DealTotal>,
+    pub recent_deals: Vec<Deal>,
+}
+
+pub struct HistoryProjection;
+
+/// What the projection remembers of each referral to attribute later events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tracked {
+    partner: String,
+    region: String,
+    received_at: i64,
+    features: Vec<(String, String)>,
+}
+
+type StatKey = (String, String, String, String);
+type ReasonKey = (String, String, &'static str, String);
+
+#[derive(Default)]
+struct BatchState {
+    tracked: HashMap<String, Tracked>,
+    stats: HashMap<StatKey, Counts>,
+    reasons: HashMap<ReasonKey, u64>,
+}
+
+impl BatchState {
+    fn tracked(&mut self, conn: &Connection, version: Version, referral: &str) -> Result<Tracked, ApplyError> {
+        if let Some(t) = self.tracked.get(referral) {
+            return Ok(t.clone());
+        }
+        let features: Option<(String, String, i64, String)> = conn
+            .prepare_cached(&format!(
+                "SELECT partner, region, received_at, features FROM {} WHERE referral = ?1",
+                version.table(REFERRALS)
+            ))?
+            .query_row([referral], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .optional()?;
+        let Some((partner, region, received_at, features)) = features else {
+            return Err(ApplyError::Inconsistent(format!(
+                "referral {referral} has an event but no ReferralReceived before it"
+            )));
+        };
+        let features = serde_json::from_str(&features)
+            .map_err(|e| ApplyError::Inconsistent(format!("stored features of {referral}: {e}")))?;
+        let t = Tracked { partner, region, received_at, features };
+        self.tracked.insert(referral.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn count(&mut self, t: &Tracked, bump: impl Fn(&mut Counts)) {
+        for (kind, value) in &t.features {
+            let key = (t.partner.clone(), t.region.clone(), kind.clone(), value.clone());
+            bump(self.stats.entry(key).or_default());
+        }
+    }
+}
+
+fn features(r: &referral_domain::referral::ReferralReceived) -> Vec<(String, String)> {
+    let mut f = vec![("all".to_string(), String::new()), ("region".to_string(), r.region.as_str().to_string())];
+    if let Some(industry) = &r.customer.industry {
+        f.push(("industry".into(), industry.clone()));
+    }
+    f.push(("size_band".into(), r.customer.size_band.as_str().into()));
+    let req = &r.requirements;
+    for (kind, values) in [("product", &req.products), ("service", &req.services), ("keyword", &req.keywords)] {
+        for v in values {
+            f.push((kind.into(), v.clone()));
+        }
+    }
+    f.sort();
+    f.dedup();
+    f
+}
+
+impl HistoryProjection {
+    fn apply_one(
+        &self,
+        conn: &Connection,
+        version: Version,
+        batch: &mut BatchState,
+        e: &ProjectedEvent,
+    ) -> Result<(), ApplyError> {
+        let DomainEvent::Referral(event) = &e.event else { return Ok(()) };
+        let id = event.referral().to_string();
+        let t_ref = version.table(REFERRALS);
+        let respond = |conn: &Connection, t: &Tracked, at: DateTime<Utc>, status: &str| -> Result<(), ApplyError> {
+            let seconds = (micros(at) - t.received_at).max(0) / 1_000_000;
+            conn.prepare_cached(&format!(
+                "UPDATE {t_ref} SET status = ?2, responded_at = ?3, response_seconds = ?4 WHERE referral = ?1"
+            ))?
+            .execute(params![id, status, micros(at), seconds])?;
+            Ok(())
+        };
+        let close = |conn: &Connection, status: &str| -> Result<(), ApplyError> {
+            conn.prepare_cached(&format!("UPDATE {t_ref} SET status = ?2 WHERE referral = ?1"))?
+                .execute(params![id, status])?;
+            Ok(())
+        };
+        match event {
+            ReferralEvent::Received(r) => {
+                let t = Tracked {
+                    partner: r.partner.as_str().to_string(),
+                    region: r.region.as_str().to_string(),
+                    received_at: micros(r.received_at),
+                    features: features(r),
+                };
+                let stored = serde_json::to_string(&t.features).map_err(|e| ApplyError::Inconsistent(e.to_string()))?;
+                conn.prepare_cached(&format!(
+                    "INSERT INTO {t_ref} (referral, partner, region, received_at, status, features)
+                     VALUES (?1, ?2, ?3, ?4, 'new', ?5)"
+                ))?
+                .execute(params![id, t.partner, t.region, t.received_at, stored])?;
+                batch.count(&t, |c| c.received += 1);
+                batch.tracked.insert(id, t);
+            }
+            ReferralEvent::Accepted(a) => {
+                let t = batch.tracked(conn, version, &id)?;
+                respond(conn, &t, a.accepted_at, "active")?;
+                batch.count(&t, |c| c.accepted += 1);
+            }
+            ReferralEvent::Declined(d) => {
+                let t = batch.tracked(conn, version, &id)?;
+                respond(conn, &t, d.declined_at, "declined")?;
+                batch.count(&t, |c| c.declined += 1);
+                let key = (t.partner.clone(), t.region.clone(), "declined", d.reason.code.as_str().to_string());
+                *batch.reasons.entry(key).or_default() += 1;
+            }
+            ReferralEvent::Expired(_) => {
+                let t = batch.tracked(conn, version, &id)?;
+                close(conn, "expired")?;
+                batch.count(&t, |c| c.expired += 1);
+            }
+            ReferralEvent::Won(w) => {
+                let t = batch.tracked(conn, version, &id)?;
+                close(conn, "won")?;
+                batch.count(&t, |c| c.won += 1);
+                conn.prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO {} (referral, partner, region, currency, minor_units, closed_on, reported_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    version.table(DEALS)
+                ))?
+                .execute(params![
+                    id,
+                    t.partner,
+                    t.region,
+                    w.final_value.currency.code(),
+                    w.final_value.minor_units,
+                    w.closed_on.to_string(),
+                    micros(w.reported_at)
+                ])?;
+            }
+            ReferralEvent::Lost(l) => {
+                let t = batch.tracked(conn, version, &id)?;
+                close(conn, "lost")?;
+                batch.count(&t, |c| c.lost += 1);
+                let key = (t.partner.clone(), t.region.clone(), "lost", l.reason.code.as_str().to_string());
+                *batch.reasons.entry(key).or_default() += 1;
+            }
+            ReferralEvent::ContactAdded(_) | ReferralEvent::EngagementUpdated(_) => {}
+        }
+        Ok(())
+    }
+
+    fn flush(&self, conn: &Connection, version: Version, batch: BatchState) -> Result<(), ApplyError> {
+        let mut upsert = conn.prepare_cached(&format!(
+            "INSERT INTO {} (partner, region, kind, value, received, accepted, declined, expired, won, lost)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (partner, region, kind, value) DO UPDATE SET
+                received = received + excluded.received, accepted = accepted + excluded.accepted,
+                declined = declined + excluded.declined, expired = expired + excluded.expired,
+                won = won + excluded.won, lost = lost + excluded.lost",
+            version.table(STATS)
+        ))?;
+        for ((partner, region, kind, value), c) in batch.stats {
+            upsert.execute(params![
+                partner,
+                region,
+                kind,
+                value,
+                c.received as i64,
+                c.accepted as i64,
+                c.declined as i64,
+                c.expired as i64,
+                c.won as i64,
+                c.lost as i64
+            ])?;
+        }
+        let mut reasons = conn.prepare_cached(&format!(
+            "INSERT INTO {} (partner, region, outcome, reason, count) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (partner, region, outcome, reason) DO UPDATE SET count = count + excluded.count",
+            version.table(REASONS)
+        ))?;
+        for ((partner, region, outcome, reason), n) in batch.reasons {
+            reasons.execute(params![partner, region, outcome, reason, n as i64])?;
+        }
+        Ok(())
+    }
+}
+
+impl Projection for HistoryProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[REFERRALS, STATS, REASONS, DEALS]
+    }
+
+    fn create(&self, conn: &Connection, version: Version) -> rusqlite::Result<()> {
+        let (r, s, why, d) =
+            (version.table(REFERRALS), version.table(STATS), version.table(REASONS), version.table(DEALS));
+        conn.execute_batch(&format!(
+            "CREATE TABLE {r} (
+                referral TEXT PRIMARY KEY,
+                partner TEXT NOT NULL,
+                region TEXT NOT NULL,
+                received_at INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                responded_at INTEGER,
+                response_seconds INTEGER,
+                features TEXT NOT NULL
+            );
+            CREATE INDEX {r}_response ON {r} (partner, response_seconds) WHERE response_seconds IS NOT NULL;
+            CREATE INDEX {r}_region_response ON {r} (partner, region, response_seconds)
+                WHERE response_seconds IS NOT NULL;
+            CREATE TABLE {s} (
+                partner TEXT NOT NULL, region TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL,
+                received INTEGER NOT NULL, accepted INTEGER NOT NULL, declined INTEGER NOT NULL,
+                expired INTEGER NOT NULL, won INTEGER NOT NULL, lost INTEGER NOT NULL,
+                PRIMARY KEY (partner, region, kind, value)
+            ) WITHOUT ROWID;
+            CREATE TABLE {why} (
+                partner TEXT NOT NULL, region TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (partner, region, outcome, reason)
+            ) WITHOUT ROWID;
+            CREATE TABLE {d} (
+                referral TEXT PRIMARY KEY,
+                partner TEXT NOT NULL,
+                region TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                minor_units INTEGER NOT NULL,
+                closed_on TEXT NOT NULL,
+                reported_at INTEGER NOT NULL
+            );
+            CREATE INDEX {d}_by_partner ON {d} (partner, reported_at);"
+        ))
+    }
+
+    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+        let mut batch = BatchState::default();
+        for (index, e) in events.iter().enumerate() {
+            self.apply_one(conn, version, &mut batch, e).map_err(|error| BatchError { index, error })?;
+        }
+        let last = events.len().saturating_sub(1);
+        self.flush(conn, version, batch).map_err(|error| BatchError { index: last, error })
+    }
+}
+
+fn region_clause(region: &Option<String>) -> &'static str {
+    if region.is_some() {
+        " AND region = ?2"
+    } else {
+        " AND ?2 IS NULL"
+    }
+}
+
+/// The nearest-rank percentile `p` (0–100) of the partner's response times.
+fn percentile(
+    conn: &Connection,
+    version: Version,
+    partner: &str,
+    region: &Option<String>,
+    n: u64,
+    p: u64,
+) -> Result<Option<i64>, ViewError> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let rank = (n * p).div_ceil(100).max(1) - 1;
+    let value = conn
+        .prepare_cached(&format!(
+            "SELECT response_seconds FROM {} WHERE partner = ?1{} AND response_seconds IS NOT NULL
+             ORDER BY response_seconds LIMIT 1 OFFSET ?3",
+            version.table(REFERRALS),
+            region_clause(region)
+        ))?
+        .query_row(params![partner, region, rank as i64], |row| row.get(0))
+        .optional()?;
+    Ok(value)
+}
+
+/// A partner's history, overall (`region: None`) or for one profile's region.
+pub fn partner_history(
+    conn: &Connection,
+    version: Version,
+    partner: &str,
+    region: Option<String>,
+) -> Result<PartnerHistory, ViewError> {
+    let rc = region_clause(&region);
+    let mut by_feature: Vec<FeatureStats> = Vec::new();
+    let mut counts = Counts::default();
+    {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT kind, value, SUM(received), SUM(accepted), SUM(declined), SUM(expired), SUM(won), SUM(lost)
+             FROM {} WHERE partner = ?1{rc} GROUP BY kind, value ORDER BY kind, SUM(received) DESC, value",
+            version.table(STATS)
+        ))?;
+        let mut rows = stmt.query(params![partner, region])?;
+        while let Some(row) = rows.next()? {
+            let kind: String = row.get(0)?;
+            let c = Counts {
+                received: row.get::<_, i64>(2)? as u64,
+                accepted: row.get::<_, i64>(3)? as u64,
+                declined: row.get::<_, i64>(4)? as u64,
+                expired: row.get::<_, i64>(5)? as u64,
+                won: row.get::<_, i64>(6)? as u64,
+                lost: row.get::<_, i64>(7)? as u64,
+            };
+            if kind == "all" {
+                counts.add(&c);
+            } else {
+                by_feature.push(FeatureStats { kind, value: row.get(1)?, counts: c });
+            }
+        }
+    }
+    let reasons = |outcome: &str| -> Result<Vec<ReasonCount>, ViewError> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT reason, SUM(count) FROM {} WHERE partner = ?1{rc} AND outcome = ?3
+             GROUP BY reason ORDER BY SUM(count) DESC, reason",
+            version.table(REASONS)
+        ))?;
+        let rows = stmt
+            .query_map(params![partner, region, outcome], |row| {
+                Ok(ReasonCount { reason: row.get(0)?, count: row.get::<_, i64>(1)? as u64 })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    };
+    let decline_reasons = reasons("declined")?;
+    let loss_reasons = reasons("lost")?;
+    let responded: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT COUNT(*) FROM {} WHERE partner = ?1{rc} AND response_seconds IS NOT NULL",
+            version.table(REFERRALS)
+        ))?
+        .query_row(params![partner, region], |row| row.get(0))?;
+    let responded = responded as u64;
+    let response_times = ResponseTimes {
+        responded,
+        median_seconds: percentile(conn, version, partner, &region, responded, 50)?,
+        p90_seconds: percentile(conn, version, partner, &region, responded, 90)?,
+    };
+    let deal_totals = conn
+        .prepare_cached(&format!(
+            "SELECT currency, COUNT(*), SUM(minor_units) FROM {} WHERE partner = ?1{rc}
+             GROUP BY currency ORDER BY currency",
+            version.table(DEALS)
+        ))?
+        .query_map(params![partner, region], |row| {
+            Ok(DealTotal { currency: row.get(0)?, deals: row.get::<_, i64>(1)? as u64, minor_units: row.get(2)? })
+        })?
+        .collect::<Result<_, _>>()?;
+    let recent_deals = conn
+        .prepare_cached(&format!(
+            "SELECT referral, region, currency, minor_units, closed_on, reported_at FROM {}
+             WHERE partner = ?1{rc} ORDER BY reported_at DESC, referral LIMIT ?3",
+            version.table(DEALS)
+        ))?
+        .query_map(params![partner, region, RECENT_DEALS], |row| {
+            let closed_on: String = row.get(4)?;
+            Ok(Deal {
+                referral: row.get(0)?,
+                region: row.get(1)?,
+                currency: row.get(2)?,
+                minor_units: row.get(3)?,
+                closed_on: closed_on.parse().unwrap_or(NaiveDate::MIN),
+                reported_at: from_micros(row.get(5)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(PartnerHistory {
+        partner: partner.to_string(),
+        region,
+        counts,
+        decline_reasons,
+        loss_reasons,
+        response_times,
+        by_feature,
+        deal_totals,
+        recent_deals,
+    })
+}

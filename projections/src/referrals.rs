@@ -1,0 +1,349 @@
+//! The `referrals` projection: one row per referral holding its current state,
+//! listed as the partner's inbox (New), active engagements (Active) and archive
+//! (Closed), and read one at a time as the referral detail.
+//!
+//! Rows are folded with the domain's own `evolve`, so a view can never
+//! disagree with the aggregate about what an event means. Each row records
+//! the position of the last event applied to it and ignores anything at or
+//! before it.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use referral_domain::codec::DomainEvent;
+use referral_domain::eventlog::{Position, StreamRevision};
+use referral_domain::referral::{evolve, Outcome, Referral, ReferralState, Status};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use crate::paging::{self, Cursor};
+use crate::projection::{micros, ApplyError, BatchError, ProjectedEvent, Projection, Version};
+use crate::ViewError;
+
+pub const NAME: &str = "referrals";
+const TABLE: &str = "referrals";
+
+/// Which list a referral is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum List {
+    /// New referrals waiting for an answer.
+    Inbox,
+    /// Accepted engagements.
+    Active,
+    /// Won, lost, declined and expired referrals.
+    Archive,
+}
+
+impl List {
+    fn as_str(self) -> &'static str {
+        match self {
+            List::Inbox => "inbox",
+            List::Active => "active",
+            List::Archive => "archive",
+        }
+    }
+
+    fn of(status: Status) -> List {
+        match status {
+            Status::New => List::Inbox,
+            Status::Active => List::Active,
+            _ => List::Archive,
+        }
+    }
+}
+
+/// The order of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Order {
+    /// Most recent first: by received-at (inbox), accepted-at (active) or
+    /// closed-at (archive).
+    #[default]
+    Newest,
+    /// Oldest first, which in the inbox is the earliest response deadline
+    /// (overdue referrals come first).
+    MostUrgent,
+}
+
+/// Filters of a list query. `partner: None` lists every partner's referrals
+/// (for roles that may see them all).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ListFilter {
+    pub partner: Option<String>,
+    pub region: Option<String>,
+    pub location: Option<String>,
+    /// Archive only: the outcomes to include (empty means all).
+    pub outcomes: Vec<Status>,
+    /// The list's date (received, accepted or closed) on or after this instant.
+    pub from: Option<DateTime<Utc>>,
+    /// The list's date before this instant.
+    pub to: Option<DateTime<Utc>>,
+    pub order: Order,
+}
+
+/// One referral as the view holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferralRow {
+    pub referral: Referral,
+    pub revision: StreamRevision,
+    pub position: Position,
+}
+
+/// A page of rows and the token of the next page (empty on the last page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub next_page_token: String,
+}
+
+pub struct ReferralsProjection;
+
+/// The instant a row sorts by in its list.
+fn sort_at(r: &Referral) -> DateTime<Utc> {
+    match (&r.outcome, r.accepted_at) {
+        (
+            Some(
+                Outcome::Declined { at, .. }
+                | Outcome::Expired { at }
+                | Outcome::Won { at, .. }
+                | Outcome::Lost { at, .. },
+            ),
+            _,
+        ) => *at,
+        (None, Some(accepted)) => accepted,
+        (None, None) => r.received_at,
+    }
+}
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::New => "new",
+        Status::Active => "active",
+        Status::Declined => "declined",
+        Status::Expired => "expired",
+        Status::Won => "won",
+        Status::Lost => "lost",
+    }
+}
+
+struct Cached {
+    referral: Referral,
+    revision: StreamRevision,
+    position: Position,
+    dirty: bool,
+}
+
+fn load(conn: &Connection, version: Version, id: &str) -> Result<Option<Cached>, ApplyError> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT state, revision, position_commit, position_prepare FROM {} WHERE referral = ?1",
+            version.table(TABLE)
+        ))?
+        .query_row([id], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?))
+        })
+        .optional()?;
+    let Some((state, revision, commit, prepare)) = row else { return Ok(None) };
+    let referral = serde_json::from_str(&state)
+        .map_err(|e| ApplyError::Inconsistent(format!("stored view of referral {id} is unreadable: {e}")))?;
+    Ok(Some(Cached {
+        referral,
+        revision: StreamRevision(revision as u64),
+        position: Position { commit: commit as u64, prepare: prepare as u64 },
+        dirty: false,
+    }))
+}
+
+fn store(conn: &Connection, version: Version, row: &Cached) -> Result<(), ApplyError> {
+    let r = &row.referral;
+    let state = serde_json::to_string(r).map_err(|e| ApplyError::Inconsistent(e.to_string()))?;
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO {} (referral, partner, region, location, list, status, sort_at, revision,
+             position_commit, position_prepare, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        version.table(TABLE)
+    ))?
+    .execute(params![
+        r.id.to_string(),
+        r.partner.as_str(),
+        r.region.as_str(),
+        r.location.as_ref().map(|l| l.as_str()).unwrap_or(""),
+        List::of(r.status).as_str(),
+        status_name(r.status),
+        micros(sort_at(r)),
+        row.revision.0 as i64,
+        row.position.commit as i64,
+        row.position.prepare as i64,
+        state,
+    ])?;
+    Ok(())
+}
+
+impl Projection for ReferralsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[TABLE]
+    }
+
+    fn create(&self, conn: &Connection, version: Version) -> rusqlite::Result<()> {
+        let t = version.table(TABLE);
+        conn.execute_batch(&format!(
+            "CREATE TABLE {t} (
+                referral TEXT PRIMARY KEY,
+                partner TEXT NOT NULL,
+                region TEXT NOT NULL,
+                location TEXT NOT NULL,
+                list TEXT NOT NULL,
+                status TEXT NOT NULL,
+                sort_at INTEGER NOT NULL,
+                revision INTEGER NOT NULL,
+                position_commit INTEGER NOT NULL,
+                position_prepare INTEGER NOT NULL,
+                state TEXT NOT NULL
+            );
+            CREATE INDEX {t}_by_partner ON {t} (partner, list, sort_at, referral);
+            CREATE INDEX {t}_by_region ON {t} (partner, list, region, sort_at, referral);
+            CREATE INDEX {t}_by_list ON {t} (list, sort_at, referral);"
+        ))
+    }
+
+    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+        // Rows touched by the batch stay decoded until the end of it, so a
+        // referral's several events in one batch cost one read and one write.
+        let mut rows: HashMap<String, Cached> = HashMap::new();
+        let mut last_index: HashMap<String, usize> = HashMap::new();
+        for (index, projected) in events.iter().enumerate() {
+            let DomainEvent::Referral(event) = &projected.event else { continue };
+            let fail = |error: ApplyError| BatchError { index, error };
+            let id = event.referral().to_string();
+            if !rows.contains_key(&id) {
+                if let Some(row) = load(conn, version, &id).map_err(fail)? {
+                    rows.insert(id.clone(), row);
+                }
+            }
+            match rows.get_mut(&id) {
+                Some(row) if projected.position <= row.position => {}
+                Some(row) => {
+                    let state = evolve(ReferralState(Some(row.referral.clone())), event);
+                    row.referral = state.0.ok_or_else(|| fail(ApplyError::Inconsistent("state vanished".into())))?;
+                    row.revision = projected.revision;
+                    row.position = projected.position;
+                    row.dirty = true;
+                }
+                None => {
+                    let ReferralState(Some(referral)) = evolve(ReferralState(None), event) else {
+                        return Err(fail(ApplyError::Inconsistent(format!(
+                            "{} for referral {id}, which has no ReferralReceived before it",
+                            projected.event_type
+                        ))));
+                    };
+                    rows.insert(
+                        id.clone(),
+                        Cached { referral, revision: projected.revision, position: projected.position, dirty: true },
+                    );
+                }
+            }
+            last_index.insert(id, index);
+        }
+        for (id, row) in rows.iter().filter(|(_, row)| row.dirty) {
+            store(conn, version, row).map_err(|error| BatchError { index: last_index[id], error })?;
+        }
+        Ok(())
+    }
+}
+
+/// One referral's row.
+pub fn get(conn: &Connection, version: Version, referral: &str) -> Result<Option<ReferralRow>, ViewError> {
+    let row = load(conn, version, referral).map_err(|e| ViewError::Storage(e.to_string()))?;
+    Ok(row.map(|c| ReferralRow { referral: c.referral, revision: c.revision, position: c.position }))
+}
+
+/// A page of one list.
+pub fn list(
+    conn: &Connection,
+    version: Version,
+    which: List,
+    filter: &ListFilter,
+    page_size: u32,
+    page_token: &str,
+) -> Result<Page<ReferralRow>, ViewError> {
+    let query = paging::fingerprint(&(which, filter));
+    let cursor = paging::decode(page_token, query)?;
+    let size = paging::page_size(page_size);
+    let mut sql = format!(
+        "SELECT state, revision, position_commit, position_prepare, sort_at, referral FROM {} WHERE list = ?",
+        version.table(TABLE)
+    );
+    let mut args: Vec<Value> = vec![Value::Text(which.as_str().into())];
+    if let Some(partner) = &filter.partner {
+        sql.push_str(" AND partner = ?");
+        args.push(Value::Text(partner.clone()));
+    }
+    if let Some(region) = &filter.region {
+        sql.push_str(" AND region = ?");
+        args.push(Value::Text(region.clone()));
+    }
+    if let Some(location) = &filter.location {
+        sql.push_str(" AND location = ?");
+        args.push(Value::Text(location.clone()));
+    }
+    if !filter.outcomes.is_empty() {
+        sql.push_str(" AND status IN (");
+        for (i, status) in filter.outcomes.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            args.push(Value::Text(status_name(*status).into()));
+        }
+        sql.push(')');
+    }
+    if let Some(from) = filter.from {
+        sql.push_str(" AND sort_at >= ?");
+        args.push(Value::Integer(micros(from)));
+    }
+    if let Some(to) = filter.to {
+        sql.push_str(" AND sort_at < ?");
+        args.push(Value::Integer(micros(to)));
+    }
+    let (compare, direction) = match filter.order {
+        Order::Newest => ("<", "DESC"),
+        Order::MostUrgent => (">", "ASC"),
+    };
+    if let Some(Cursor { sort_key, id }) = cursor {
+        sql.push_str(&format!(" AND (sort_at, referral) {compare} (?, ?)"));
+        args.push(Value::Integer(sort_key));
+        args.push(Value::Text(id));
+    }
+    sql.push_str(&format!(" ORDER BY sort_at {direction}, referral {direction} LIMIT ?"));
+    args.push(Value::Integer(i64::from(size) + 1));
+
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut page = Vec::with_capacity(size as usize);
+    let mut last: Option<Cursor> = None;
+    let mut more = false;
+    while let Some(row) = rows.next()? {
+        if page.len() == size as usize {
+            more = true;
+            break;
+        }
+        let state: String = row.get(0)?;
+        let referral: Referral = serde_json::from_str(&state)
+            .map_err(|e| ViewError::Storage(format!("stored view of a referral is unreadable: {e}")))?;
+        page.push(ReferralRow {
+            referral,
+            revision: StreamRevision(row.get::<_, i64>(1)? as u64),
+            position: Position { commit: row.get::<_, i64>(2)? as u64, prepare: row.get::<_, i64>(3)? as u64 },
+        });
+        last = Some(Cursor { sort_key: row.get(4)?, id: row.get(5)? });
+    }
+    let next_page_token = match (more, last) {
+        (true, Some(cursor)) => paging::encode(&cursor, query),
+        _ => String::new(),
+    };
+    Ok(Page { rows: page, next_page_token })
+}

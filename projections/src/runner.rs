@@ -1,0 +1,757 @@
+//! The projection runner: keeps every projection up to date with the log,
+//! rebuilds them blue/green, and reports on them.
+//!
+//! Each projection version has a worker made of two halves joined by a
+//! bounded channel:
+//!
+//! ```text
+//! subscription to $all ──► feeder (async: read, decode) ──► applier (blocking thread)
+//!   from the checkpoint                                     one write transaction per batch:
+//!                                                           rows + checkpoint together
+//! ```
+//!
+//! * The applier skips anything at or before the checkpoint it reads inside
+//!   its transaction, so a redelivered event changes nothing.
+//! * An event a projection cannot apply stops that projection; the event's
+//!   position and the error are stored, the events before it in the batch are
+//!   committed, and nothing after it is applied until `retry`.
+//! * A rebuild creates the next version's tables and fills them from position
+//!   0 while the current version keeps answering queries. Once the new version
+//!   has caught up (and is at least as far as the current one) one transaction
+//!   makes it active and drops the old tables; the old worker notices at its
+//!   next batch and stops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use referral_domain::codec::CodecError;
+use referral_domain::eventlog::{
+    AllFilter, AllStart, Direction, EventStore, Position, StoreError, Subscription, SubscriptionMessage,
+    SubscriptionStart,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::db::{self, ViewDb};
+use crate::projection::{drop_tables, BatchError, ProjectedEvent, Projection, Version};
+use crate::ViewError;
+
+/// Tuning of the runner.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerOptions {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// Decoded events buffered between the feeder and the applier.
+    pub buffer: usize,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions { batch_size: 2_000, buffer: 8_192 }
+    }
+}
+
+/// What a projection version is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Applying the events written before it started.
+    CatchingUp,
+    /// Caught up; applying events as they are written.
+    Live,
+    /// A next version being built from position 0.
+    Rebuilding,
+    /// Stopped on an event it could not apply; see the failure.
+    Failed,
+    /// Not running in this process.
+    Stopped,
+}
+
+impl RunState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunState::CatchingUp => "catching up",
+            RunState::Live => "live",
+            RunState::Rebuilding => "rebuilding",
+            RunState::Failed => "failed",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One version of a projection, as `status` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionStatus {
+    pub version: u32,
+    /// Whether this version answers queries.
+    pub active: bool,
+    pub state: RunState,
+    pub checkpoint: Option<Position>,
+    pub events_applied: u64,
+    /// When the store recorded the last event applied.
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Events in the log after the checkpoint.
+    pub lag_events: u64,
+    /// How much older the checkpoint's event is than the newest event.
+    pub lag_seconds: f64,
+    /// Events applied per second since this worker started (0 when not running).
+    pub events_per_second: f64,
+    /// Fraction of the log (by position) behind the checkpoint, 0–1.
+    pub progress: f64,
+    /// Estimated seconds until caught up, while catching up or rebuilding.
+    pub eta_seconds: Option<f64>,
+    /// The event position it stopped at and why.
+    pub failure: Option<(Position, String)>,
+}
+
+/// A projection, as `status` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionStatus {
+    pub name: String,
+    pub schema: u32,
+    /// The newest event in the log that projections read.
+    pub head: Option<Position>,
+    /// The active version first, then a rebuild in progress if any.
+    pub versions: Vec<VersionStatus>,
+}
+
+impl ProjectionStatus {
+    pub fn active(&self) -> Option<&VersionStatus> {
+        self.versions.iter().find(|v| v.active)
+    }
+
+    pub fn rebuilding(&self) -> Option<&VersionStatus> {
+        self.versions.iter().find(|v| !v.active)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Runtime {
+    state: RunState,
+    started: Instant,
+    applied: u64,
+}
+
+struct Shared {
+    store: Arc<dyn EventStore>,
+    db: ViewDb,
+    projections: Vec<Arc<dyn Projection>>,
+    filter: AllFilter,
+    options: RunnerOptions,
+    runtime: Mutex<HashMap<(&'static str, u32), Runtime>>,
+    /// The active version's checkpoint, per projection, for read-your-writes.
+    checkpoints: HashMap<&'static str, watch::Sender<Option<Position>>>,
+    retry: HashMap<&'static str, Arc<Notify>>,
+    shutdown: watch::Sender<bool>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Runs the projections. Cheap to clone.
+#[derive(Clone)]
+pub struct Projector {
+    shared: Arc<Shared>,
+}
+
+/// The streams projections read: referrals and partners (partner events move
+/// checkpoints forward even where a view ignores them, so that waiting for a
+/// profile command's position ends).
+pub fn projected_streams() -> AllFilter {
+    AllFilter::streams_starting_with(&["referral-", "partner-"])
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ViewError> + Send + 'static,
+) -> Result<T, ViewError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ViewError::Storage(format!("view task failed: {e}")))?
+}
+
+impl Projector {
+    /// Prepares the registry: a projection seen for the first time gets
+    /// version 1, empty. Starts nothing; see [`Projector::start`].
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        db: ViewDb,
+        projections: Vec<Arc<dyn Projection>>,
+        options: RunnerOptions,
+    ) -> Result<Projector, ViewError> {
+        let mut checkpoints = HashMap::new();
+        let mut retry = HashMap::new();
+        for p in &projections {
+            let (db, p2) = (db.clone(), p.clone());
+            let checkpoint = blocking(move || {
+                let p = p2;
+                let mut conn = db.connect()?;
+                db.write(&mut conn, |tx| -> Result<Option<Position>, ViewError> {
+                    match db::active_version(tx, p.name())? {
+                        Some(v) => Ok(db::version(tx, p.name(), v)?.and_then(|r| r.checkpoint)),
+                        None => {
+                            db::insert_version(tx, p.name(), 1, p.schema(), true)?;
+                            p.create(tx, Version(1))?;
+                            Ok(None)
+                        }
+                    }
+                })
+            })
+            .await?;
+            checkpoints.insert(p.name(), watch::channel(checkpoint).0);
+            retry.insert(p.name(), Arc::new(Notify::new()));
+        }
+        let shared = Shared {
+            store,
+            db,
+            projections,
+            filter: projected_streams(),
+            options,
+            runtime: Mutex::new(HashMap::new()),
+            checkpoints,
+            retry,
+            shutdown: watch::channel(false).0,
+            workers: Mutex::new(Vec::new()),
+        };
+        Ok(Projector { shared: Arc::new(shared) })
+    }
+
+    pub fn db(&self) -> &ViewDb {
+        &self.shared.db
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.shared.projections.iter().map(|p| p.name()).collect()
+    }
+
+    fn projection(&self, name: &str) -> Result<Arc<dyn Projection>, ViewError> {
+        self.shared
+            .projections
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+            .ok_or_else(|| ViewError::UnknownProjection { name: name.to_string(), known: self.names().join(", ") })
+    }
+
+    /// Starts a worker for every version in the registry: the active ones,
+    /// and any rebuild an earlier run left unfinished.
+    pub async fn start(&self) -> Result<(), ViewError> {
+        for p in self.shared.projections.clone() {
+            let (db, name) = (self.shared.db.clone(), p.name());
+            let versions = blocking(move || db.read(|tx| Ok(db::versions(tx, name)?))).await?;
+            for record in versions {
+                self.spawn_worker(p.clone(), Version(record.version));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_worker(&self, projection: Arc<dyn Projection>, version: Version) {
+        let shared = self.shared.clone();
+        let handle = tokio::spawn(worker(shared, projection, version));
+        self.shared.workers.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+    }
+
+    /// Starts a blue/green rebuild of `name` and returns the version being built.
+    /// Refused while a rebuild of `name` is already running.
+    pub async fn rebuild(&self, name: &str) -> Result<u32, ViewError> {
+        let projection = self.projection(name)?;
+        let (db, p) = (self.shared.db.clone(), projection.clone());
+        let version = blocking(move || {
+            let mut conn = db.connect()?;
+            db.write(&mut conn, |tx| -> Result<u32, ViewError> {
+                let versions = db::versions(tx, p.name())?;
+                if let Some(building) = versions.iter().find(|v| !v.active) {
+                    return Err(ViewError::RebuildInProgress { name: p.name().to_string(), version: building.version });
+                }
+                let next = versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+                db::insert_version(tx, p.name(), next, p.schema(), false)?;
+                drop_tables(tx, p.as_ref(), Version(next))?;
+                p.create(tx, Version(next))?;
+                Ok(next)
+            })
+        })
+        .await?;
+        self.spawn_worker(projection, Version(version));
+        Ok(version)
+    }
+
+    /// Clears the failure of `name`'s versions so their workers resume from
+    /// the event that failed. Returns whether any version had failed.
+    pub async fn retry(&self, name: &str) -> Result<bool, ViewError> {
+        let projection = self.projection(name)?;
+        let db = self.shared.db.clone();
+        let cleared = blocking(move || {
+            let mut conn = db.connect()?;
+            db.write(&mut conn, |tx| -> Result<bool, ViewError> {
+                let mut cleared = false;
+                for v in db::versions(tx, projection.name())? {
+                    if v.failure.is_some() {
+                        db::save_failure(tx, projection.name(), v.version, None)?;
+                        cleared = true;
+                    }
+                }
+                Ok(cleared)
+            })
+        })
+        .await?;
+        if let Some(notify) = self.shared.retry.get(name) {
+            notify.notify_waiters();
+        }
+        Ok(cleared)
+    }
+
+    /// Waits until the active version of `name` has applied the event at
+    /// `min` (or a later one). Returns the checkpoint reached, or `Err` with
+    /// the checkpoint it is at when `timeout` runs out.
+    pub async fn wait_for(&self, name: &str, min: Position, timeout: Duration) -> Result<(), Option<Position>> {
+        let Some(sender) = self.shared.checkpoints.get(name) else { return Err(None) };
+        let mut rx = sender.subscribe();
+        let reached = |cp: &Option<Position>| cp.is_some_and(|cp| cp.commit >= min.commit);
+        let waited = tokio::time::timeout(timeout, async { rx.wait_for(reached).await.is_ok() }).await;
+        match waited {
+            Ok(true) => Ok(()),
+            _ => Err(*rx.borrow()),
+        }
+    }
+
+    /// The checkpoint of the active version of `name`, as this process knows it.
+    pub fn checkpoint(&self, name: &str) -> Option<Position> {
+        self.shared.checkpoints.get(name).and_then(|s| *s.borrow())
+    }
+
+    /// Every projection's versions, checkpoints, lag and failures.
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ViewError> {
+        let head = self
+            .shared
+            .store
+            .read_all(Direction::Backwards, AllStart::End, &self.shared.filter, 1)
+            .await
+            .map_err(|e| ViewError::Store(e.to_string()))?
+            .pop();
+        let (head_position, head_at) = (head.as_ref().map(|e| e.position), head.map(|e| e.created));
+        let mut out = Vec::new();
+        for p in &self.shared.projections {
+            let (db, name) = (self.shared.db.clone(), p.name());
+            let records = blocking(move || db.read(|tx| Ok(db::versions(tx, name)?))).await?;
+            let runtime = self.shared.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let versions = records
+                .into_iter()
+                .map(|r| {
+                    let rt = runtime.get(&(p.name(), r.version));
+                    let behind = |cp: Option<Position>| match (head_position, cp) {
+                        (Some(h), Some(c)) => h.commit.saturating_sub(c.commit),
+                        (Some(h), None) => h.commit + 1,
+                        (None, _) => 0,
+                    };
+                    let lag_events = behind(r.checkpoint);
+                    let lag_seconds = match (lag_events, head_at, r.last_event_at) {
+                        (0, _, _) => 0.0,
+                        (_, Some(h), Some(l)) => (h - l).num_milliseconds().max(0) as f64 / 1000.0,
+                        (_, Some(h), None) => (Utc::now() - h).num_milliseconds().max(0) as f64 / 1000.0,
+                        _ => 0.0,
+                    };
+                    let progress = match (head_position, r.checkpoint) {
+                        (Some(h), Some(c)) if h.commit > 0 => (c.commit as f64 / h.commit as f64).min(1.0),
+                        (Some(_), None) => 0.0,
+                        _ => 1.0,
+                    };
+                    let state = match (&r.failure, rt) {
+                        (Some(_), _) => RunState::Failed,
+                        (None, Some(rt)) => rt.state,
+                        (None, None) => RunState::Stopped,
+                    };
+                    let (rate, eta) = match rt {
+                        Some(rt) if state != RunState::Failed => {
+                            let elapsed = rt.started.elapsed().as_secs_f64();
+                            let rate = if elapsed > 0.0 { rt.applied as f64 / elapsed } else { 0.0 };
+                            let eta = (lag_events > 0 && progress > 0.0 && state != RunState::Live)
+                                .then(|| elapsed * (1.0 - progress) / progress);
+                            (rate, eta)
+                        }
+                        _ => (0.0, None),
+                    };
+                    VersionStatus {
+                        version: r.version,
+                        active: r.active,
+                        state,
+                        checkpoint: r.checkpoint,
+                        events_applied: r.events_applied,
+                        last_event_at: r.last_event_at,
+                        lag_events,
+                        lag_seconds,
+                        events_per_second: rate,
+                        progress,
+                        eta_seconds: eta,
+                        failure: r.failure,
+                    }
+                })
+                .collect();
+            out.push(ProjectionStatus {
+                name: p.name().to_string(),
+                schema: p.schema(),
+                head: head_position,
+                versions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stops every worker after its current batch.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let workers = std::mem::take(&mut *self.shared.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
+            let _ = w.await;
+        }
+    }
+}
+
+/// What the feeder hands the applier.
+enum Feed {
+    Event(Box<ProjectedEvent>),
+    CaughtUp,
+    Undecodable(Position, CodecError),
+    Failed(StoreError),
+}
+
+/// Why an applier returned.
+enum Ended {
+    /// The feeder stopped (shutdown, or the channel closed).
+    Closed,
+    /// Another version replaced this one.
+    Superseded,
+    /// Stopped on an event; the failure is recorded.
+    Failed,
+    /// The store or the view database failed; try again after a pause.
+    Transient(String),
+}
+
+impl Shared {
+    fn set_state(&self, name: &'static str, version: Version, state: RunState) {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        runtime.entry((name, version.0)).and_modify(|r| r.state = state).or_insert(Runtime {
+            state,
+            started: Instant::now(),
+            applied: 0,
+        });
+    }
+
+    fn count(&self, name: &'static str, version: Version, applied: u64) {
+        if let Some(r) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&(name, version.0)) {
+            r.applied += applied;
+        }
+    }
+
+    fn forget(&self, name: &'static str, version: Version) {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).remove(&(name, version.0));
+    }
+
+    fn publish(&self, name: &'static str, checkpoint: Option<Position>) {
+        if let Some(sender) = self.checkpoints.get(name) {
+            sender.send_replace(checkpoint);
+        }
+    }
+}
+
+async fn worker(shared: Arc<Shared>, projection: Arc<dyn Projection>, version: Version) {
+    let name = projection.name();
+    let mut shutdown = shared.shutdown.subscribe();
+    let retry = shared.retry[name].clone();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        let db = shared.db.clone();
+        let record = match blocking(move || db.read(|tx| Ok(db::version(tx, name, version.0)?))).await {
+            Ok(Some(record)) => record,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(projection = name, version = version.0, error = %e, "cannot read the registry");
+                sleep_or_shutdown(&mut shutdown, pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if record.failure.is_some() {
+            shared.set_state(name, version, RunState::Failed);
+            let notified = retry.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let rebuilding = !record.active;
+        shared.set_state(name, version, if rebuilding { RunState::Rebuilding } else { RunState::CatchingUp });
+        let start = record.checkpoint.map(SubscriptionStart::After).unwrap_or(SubscriptionStart::Start);
+        let subscription = match shared.store.subscribe_all(start, shared.filter.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(projection = name, version = version.0, error = %e, "cannot subscribe to the log");
+                sleep_or_shutdown(&mut shutdown, pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel(shared.options.buffer);
+        let feeder = tokio::spawn(feed(subscription, tx, shared.shutdown.subscribe()));
+        let applier = {
+            let (shared, projection) = (shared.clone(), projection.clone());
+            tokio::task::spawn_blocking(move || apply_loop(&shared, projection.as_ref(), version, rebuilding, rx))
+        };
+        let ended = applier.await.unwrap_or_else(|e| Ended::Transient(format!("applier panicked: {e}")));
+        feeder.abort();
+        match ended {
+            Ended::Closed => continue,
+            Ended::Superseded => break,
+            Ended::Failed => {
+                pause = Duration::from_millis(50);
+                continue;
+            }
+            Ended::Transient(error) => {
+                tracing::warn!(projection = name, version = version.0, %error, "projection paused; retrying");
+                sleep_or_shutdown(&mut shutdown, pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    shared.forget(name, version);
+}
+
+async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, pause: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+async fn feed(mut subscription: Box<dyn Subscription>, tx: mpsc::Sender<Feed>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        let message = tokio::select! {
+            m = subscription.next() => m,
+            _ = shutdown.changed() => return,
+        };
+        let item = match message {
+            Ok(SubscriptionMessage::Event(recorded)) => {
+                let position = recorded.position;
+                match ProjectedEvent::decode(recorded) {
+                    Ok(event) => Feed::Event(Box::new(event)),
+                    Err(e) => Feed::Undecodable(position, e),
+                }
+            }
+            Ok(SubscriptionMessage::CaughtUp) => Feed::CaughtUp,
+            Err(e) => Feed::Failed(e),
+        };
+        let last = matches!(item, Feed::Undecodable(..) | Feed::Failed(_));
+        if tx.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn apply_loop(
+    shared: &Shared,
+    projection: &dyn Projection,
+    version: Version,
+    mut rebuilding: bool,
+    mut rx: mpsc::Receiver<Feed>,
+) -> Ended {
+    let name = projection.name();
+    let mut conn = match shared.db.connect() {
+        Ok(c) => c,
+        Err(e) => return Ended::Transient(e.to_string()),
+    };
+    let mut caught_up = false;
+    let mut batch: Vec<ProjectedEvent> = Vec::with_capacity(shared.options.batch_size);
+    loop {
+        let Some(first) = rx.blocking_recv() else { return Ended::Closed };
+        let mut stop = None;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Feed::Event(e) => batch.push(*e),
+                Feed::CaughtUp => caught_up = true,
+                other => {
+                    stop = Some(other);
+                    break;
+                }
+            }
+            if batch.len() < shared.options.batch_size {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            match commit(&shared.db, &mut conn, projection, version, &batch) {
+                Ok(outcome) => {
+                    shared.count(name, version, outcome.applied);
+                    if !rebuilding {
+                        shared.publish(name, outcome.checkpoint);
+                    }
+                }
+                Err(CommitError::Superseded) => return Ended::Superseded,
+                Err(CommitError::Failed { position, error }) => {
+                    tracing::error!(projection = name, version = version.0, %position, %error, "projection stopped");
+                    return Ended::Failed;
+                }
+                Err(CommitError::Storage(e)) => return Ended::Transient(e),
+            }
+            batch.clear();
+        }
+        match stop {
+            Some(Feed::Undecodable(position, error)) => {
+                let error = error.to_string();
+                tracing::error!(projection = name, version = version.0, %position, %error, "projection stopped");
+                return match record_failure(&shared.db, &mut conn, name, version, position, &error) {
+                    Ok(()) => Ended::Failed,
+                    Err(e) => Ended::Transient(e),
+                };
+            }
+            Some(Feed::Failed(e)) => return Ended::Transient(e.to_string()),
+            _ => {}
+        }
+        if caught_up {
+            if !rebuilding {
+                shared.set_state(name, version, RunState::Live);
+            } else if rx.is_empty() {
+                match swap_in(&shared.db, &mut conn, projection, version) {
+                    Ok(Some(checkpoint)) => {
+                        tracing::info!(projection = name, version = version.0, "rebuild finished; now active");
+                        rebuilding = false;
+                        shared.set_state(name, version, RunState::Live);
+                        shared.publish(name, checkpoint);
+                    }
+                    Ok(None) => {}
+                    Err(CommitError::Superseded) => return Ended::Superseded,
+                    Err(CommitError::Storage(e)) => return Ended::Transient(e),
+                    Err(CommitError::Failed { .. }) => return Ended::Failed,
+                }
+            }
+        }
+    }
+}
+
+/// Why a batch did not commit.
+#[derive(Debug)]
+pub enum CommitError {
+    /// The version is no longer in the registry (a rebuild replaced it).
+    Superseded,
+    /// The projection refused the event at `position`; the failure is recorded
+    /// and the events before it are committed.
+    Failed {
+        position: Position,
+        error: String,
+    },
+    Storage(String),
+}
+
+impl From<rusqlite::Error> for CommitError {
+    fn from(e: rusqlite::Error) -> Self {
+        CommitError::Storage(e.to_string())
+    }
+}
+
+enum TxAbort {
+    Superseded,
+    Batch(BatchError, usize),
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for TxAbort {
+    fn from(e: rusqlite::Error) -> Self {
+        TxAbort::Sql(e)
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Events applied (the batch minus those at or before the checkpoint).
+    pub applied: u64,
+    pub checkpoint: Option<Position>,
+}
+
+/// Applies `events` (in log order) to `version` of `projection` in one
+/// transaction with its checkpoint. Events at or before the stored checkpoint
+/// are skipped. When the projection refuses an event, the events before it
+/// are committed, the failure is recorded, and `Failed` says where.
+pub fn commit(
+    db: &ViewDb,
+    conn: &mut rusqlite::Connection,
+    projection: &dyn Projection,
+    version: Version,
+    events: &[ProjectedEvent],
+) -> Result<Committed, CommitError> {
+    let name = projection.name();
+    let attempt = db.write(conn, |tx| -> Result<Committed, TxAbort> {
+        let record = db::version(tx, name, version.0)?.ok_or(TxAbort::Superseded)?;
+        let skip = events.partition_point(|e| record.checkpoint.is_some_and(|c| e.position <= c));
+        let fresh = &events[skip..];
+        let Some(last) = fresh.last() else {
+            return Ok(Committed { applied: 0, checkpoint: record.checkpoint });
+        };
+        projection.apply_batch(tx, version, fresh).map_err(|e| TxAbort::Batch(e, skip))?;
+        db::save_checkpoint(tx, name, version.0, last.position, fresh.len() as u64, last.recorded_at)?;
+        Ok(Committed { applied: fresh.len() as u64, checkpoint: Some(last.position) })
+    });
+    match attempt {
+        Ok(done) => Ok(done),
+        Err(TxAbort::Superseded) => Err(CommitError::Superseded),
+        Err(TxAbort::Sql(e)) => Err(e.into()),
+        Err(TxAbort::Batch(BatchError { index, error }, skip)) => {
+            let failing = skip + index;
+            if failing > skip {
+                // The events before the failing one are fine on their own:
+                // keep them, so the checkpoint stops right before the failure.
+                commit(db, conn, projection, version, &events[..failing])?;
+            }
+            let position = events[failing].position;
+            let error = format!(
+                "{} at revision {} of {}: {error}",
+                events[failing].event_type, events[failing].revision, events[failing].stream
+            );
+            record_failure(db, conn, name, version, position, &error).map_err(CommitError::Storage)?;
+            Err(CommitError::Failed { position, error })
+        }
+    }
+}
+
+fn record_failure(
+    db: &ViewDb,
+    conn: &mut rusqlite::Connection,
+    name: &str,
+    version: Version,
+    position: Position,
+    error: &str,
+) -> Result<(), String> {
+    db.write(conn, |tx| db::save_failure(tx, name, version.0, Some((position, error)))).map_err(|e| e.to_string())
+}
+
+/// Makes `version` the active one if it is at least as far as the current
+/// active version, dropping the old one's tables. `Ok(None)` means not yet.
+fn swap_in(
+    db: &ViewDb,
+    conn: &mut rusqlite::Connection,
+    projection: &dyn Projection,
+    version: Version,
+) -> Result<Option<Option<Position>>, CommitError> {
+    let name = projection.name();
+    db.write(conn, |tx| -> Result<Option<Option<Position>>, CommitError> {
+        let me = db::version(tx, name, version.0)?.ok_or(CommitError::Superseded)?;
+        if me.failure.is_some() {
+            return Err(CommitError::Failed { position: Position::START, error: "failed".into() });
+        }
+        if let Some(current) = db::active_version(tx, name)? {
+            if current != version.0 {
+                let old = db::version(tx, name, current)?.ok_or(CommitError::Superseded)?;
+                if old.checkpoint.map(|c| c.commit) > me.checkpoint.map(|c| c.commit) {
+                    return Ok(None);
+                }
+                drop_tables(tx, projection, Version(current))?;
+                db::delete_version(tx, name, current)?;
+            }
+        }
+        db::activate(tx, name, version.0)?;
+        Ok(Some(me.checkpoint))
+    })
+}
