@@ -182,7 +182,7 @@ pub fn active_version(conn: &Connection, name: &str) -> rusqlite::Result<Option<
         .optional()
 }
 
-pub(crate) fn insert_version(
+pub fn insert_version(
     conn: &Connection,
     name: &str,
     version: u32,
@@ -196,7 +196,7 @@ pub(crate) fn insert_version(
     Ok(())
 }
 
-pub(crate) fn save_checkpoint(
+pub fn save_checkpoint(
     conn: &Connection,
     name: &str,
     version: u32,
@@ -219,7 +219,7 @@ pub(crate) fn save_checkpoint(
     Ok(())
 }
 
-pub(crate) fn save_failure(
+pub fn save_failure(
     conn: &Connection,
     name: &str,
     version: u32,
@@ -237,12 +237,12 @@ pub(crate) fn save_failure(
     Ok(())
 }
 
-pub(crate) fn activate(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<()> {
+pub fn activate(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<()> {
     conn.execute("UPDATE projection_versions SET active = (version = ?2) WHERE name = ?1", params![name, version])?;
     Ok(())
 }
 
-pub(crate) fn delete_version(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<()> {
+pub fn delete_version(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM projection_versions WHERE name = ?1 AND version = ?2", params![name, version])?;
     Ok(())
 }

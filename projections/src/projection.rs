@@ -95,7 +95,7 @@ pub trait Projection: Send + Sync + 'static {
 }
 
 /// Drops the tables of `version`.
-pub(crate) fn drop_tables(conn: &Connection, projection: &dyn Projection, version: Version) -> rusqlite::Result<()> {
+pub fn drop_tables(conn: &Connection, projection: &dyn Projection, version: Version) -> rusqlite::Result<()> {
     for base in projection.tables() {
         conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", version.table(base)))?;
     }
