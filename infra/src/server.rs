@@ -1,25 +1,37 @@
-//! The `serve` process: the embedded event store, the command handler and the
-//! gRPC services (with health and reflection) on one listener.
+//! The `serve` process: the embedded event store, the command handler, the
+//! projections and the expiry scheduler, and the gRPC services (with health
+//! and reflection) on one listener.
 //!
 //! Shutdown is graceful: on Ctrl-C or SIGTERM the listener stops taking new
 //! connections, calls in flight finish, and the store's writer commits what it
 //! has queued before the process exits. An append is acknowledged only after
 //! its transaction is durable, so nothing acknowledged is lost on any exit.
+//! The projections finish the batch they are applying; whatever they had not
+//! applied yet is applied from their checkpoint at the next start.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use referral_commands::{Clock, CommandHandler};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use referral_commands::{Clock, CommandHandler, DueReferrals, ExpiryScheduler};
 use referral_domain::clock::ExpiryPolicy;
 use referral_domain::eventlog::EventStore;
+use referral_domain::ids::ReferralId;
+use referral_projections::{Projector, RunnerOptions, ViewDb, Views};
 use tokio::net::TcpListener;
 
+use crate::grpc::admin_service::AdminService;
 use crate::grpc::auth::{self, TokenStore};
 use crate::grpc::commands_service::CommandsService;
 use crate::grpc::pb;
+use crate::grpc::pb::projection_admin_server::ProjectionAdminServer;
 use crate::grpc::pb::referral_commands_server::ReferralCommandsServer;
+use crate::grpc::pb::referral_queries_server::ReferralQueriesServer;
+use crate::grpc::queries_service::QueriesService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -35,10 +47,14 @@ pub enum ServeError {
     Reflection(String),
     #[error("cannot accept connections: {0}")]
     Accept(String),
+    #[error("views: {0}")]
+    Views(#[from] referral_projections::ViewError),
 }
 
 /// File name of the embedded event store inside the data directory.
 pub const EVENTS_DB: &str = "events.db";
+/// File name of the view database inside the data directory.
+pub const VIEWS_DB: &str = "views.db";
 
 /// Everything a server runs with.
 pub struct ServerParts {
@@ -46,6 +62,33 @@ pub struct ServerParts {
     pub clock: Arc<dyn Clock>,
     pub tokens: Arc<TokenStore>,
     pub expiry: ExpiryPolicy,
+    /// The read side. `None` serves commands only (no queries, projections
+    /// or expiry), which the write-path benchmarks use.
+    pub read_side: Option<ReadSide>,
+}
+
+/// The view database and how often the expiry scheduler looks for due referrals.
+pub struct ReadSide {
+    pub views: ViewDb,
+    pub expiry_interval: Duration,
+}
+
+impl ReadSide {
+    /// The read side of a data directory, with a scheduler pass every second.
+    pub fn in_dir(data_dir: &Path) -> Result<ReadSide, ServeError> {
+        Ok(ReadSide { views: ViewDb::open(&data_dir.join(VIEWS_DB))?, expiry_interval: Duration::from_secs(1) })
+    }
+}
+
+/// The `deadlines` view as the expiry scheduler's source.
+pub struct ViewDeadlines(pub Views);
+
+#[async_trait]
+impl DueReferrals for ViewDeadlines {
+    async fn due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<ReferralId>, String> {
+        let due = self.0.due(now, limit).await.map_err(|e| e.to_string())?;
+        due.iter().map(|d| ReferralId::parse(&d.referral)).collect()
+    }
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` resolves, then drains
@@ -57,11 +100,42 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let handler = CommandHandler::new(parts.store.clone(), parts.clock.clone()).with_expiry(parts.expiry);
     let commands = ReferralCommandsServer::with_interceptor(
-        CommandsService::new(handler),
+        CommandsService::new(handler.clone()),
         auth::interceptor(parts.tokens.clone()),
     );
     let (mut health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ReferralCommandsServer<CommandsService>>().await;
+
+    let (stop_scheduler, scheduler_stopped) = tokio::sync::watch::channel(false);
+    let mut read_services = None;
+    let mut background = None;
+    if let Some(read_side) = parts.read_side {
+        let projector = Projector::open(
+            parts.store.clone(),
+            read_side.views.clone(),
+            referral_projections::all_projections(),
+            RunnerOptions::default(),
+        )
+        .await?;
+        projector.start().await?;
+        let views = Views::new(read_side.views);
+        let scheduler = ExpiryScheduler::new(handler, Arc::new(ViewDeadlines(views.clone())))
+            .with_interval(read_side.expiry_interval);
+        let scheduler = tokio::spawn(scheduler.run(scheduler_stopped));
+        let queries = ReferralQueriesServer::with_interceptor(
+            QueriesService::new(views, projector.clone(), parts.clock.clone()),
+            auth::interceptor(parts.tokens.clone()),
+        );
+        let admin = ProjectionAdminServer::with_interceptor(
+            AdminService::new(projector.clone()),
+            auth::interceptor(parts.tokens.clone()),
+        );
+        health_reporter.set_serving::<ReferralQueriesServer<QueriesService>>().await;
+        health_reporter.set_serving::<ProjectionAdminServer<AdminService>>().await;
+        read_services = Some((queries, admin));
+        background = Some((projector, scheduler));
+    }
+
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -76,13 +150,22 @@ pub async fn run(
     // for more to fill a segment.
     let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
         .map_err(|e| ServeError::Accept(e.to_string()))?;
-    tonic::transport::Server::builder()
+    let (queries, admin) = read_services.unzip();
+    let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(commands)
+        .add_optional_service(queries)
+        .add_optional_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .await;
+    stop_scheduler.send_replace(true);
+    if let Some((projector, scheduler)) = background {
+        let _ = scheduler.await;
+        projector.shutdown().await;
+    }
+    served?;
     Ok(())
 }
 

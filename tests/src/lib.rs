@@ -37,7 +37,14 @@ impl TestServer {
         let listener = server::bind("127.0.0.1:0".parse().expect("address")).await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let parts = ServerParts { store, clock: clock.clone(), tokens, expiry: ExpiryPolicy::default() };
+        let read_side = server::ReadSide::in_dir(data_dir.path()).expect("open views");
+        let parts = ServerParts {
+            store,
+            clock: clock.clone(),
+            tokens,
+            expiry: ExpiryPolicy::default(),
+            read_side: Some(server::ReadSide { expiry_interval: std::time::Duration::from_millis(20), ..read_side }),
+        };
         let task = tokio::spawn(server::run(parts, listener, async {
             let _ = rx.await;
         }));

@@ -283,7 +283,9 @@ async fn set_up(dir: &Path, options: SqliteOptions, grpc: bool) -> Result<Setup,
         .await
         .map_err(|e| setup(e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| setup(e.to_string()))?;
-    let parts = ServerParts { store, clock: Arc::new(SystemClock), tokens, expiry: Default::default() };
+    // The write path alone: no projections or scheduler competing for the cores.
+    let parts =
+        ServerParts { store, clock: Arc::new(SystemClock), tokens, expiry: Default::default(), read_side: None };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(parts, listener, async {
         let _ = stopped.await;

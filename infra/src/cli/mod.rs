@@ -130,7 +130,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, data_dir = %args.data_dir.display(), "referral-engine serving gRPC");
         println!("referral-engine listening on {addr} (data in {})", args.data_dir.display());
-        let parts = ServerParts { store, clock: Arc::new(SystemClock), tokens, expiry };
+        let read_side = server::ReadSide::in_dir(&args.data_dir).map_err(|e| e.to_string())?;
+        let parts = ServerParts { store, clock: Arc::new(SystemClock), tokens, expiry, read_side: Some(read_side) };
         server::run(parts, listener, server::shutdown_signal()).await.map_err(|e| e.to_string())?;
         tracing::info!("stopped");
         Ok::<(), String>(())

@@ -1,9 +1,11 @@
 //! The gRPC API (`referrals.v1`): generated types, conversions, error
 //! mapping, authentication and the services.
+pub mod admin_service;
 pub mod auth;
 pub mod commands_service;
 pub mod convert;
 pub mod errors;
+pub mod queries_service;
 
 /// Code generated from `proto/` by `tonic-build`.
 pub mod pb {
