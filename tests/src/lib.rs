@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use referral_commands::{ManualClock, Role};
 use referral_domain::clock::ExpiryPolicy;
-use referral_infra::grpc::auth::{self, BearerToken, CommandsClient, TokenStore};
+use referral_infra::grpc::auth::{self, AdminClient, BearerToken, CommandsClient, QueriesClient, TokenStore};
 use referral_infra::grpc::pb;
 use referral_infra::server::{self, ServerParts};
 use tonic::transport::Channel;
@@ -59,6 +59,14 @@ impl TestServer {
 
     pub async fn client(&self, token: &str) -> Client {
         BearerToken::new(token).expect("token is a valid header value").client(self.channel().await)
+    }
+
+    pub async fn queries(&self, token: &str) -> QueriesClient {
+        BearerToken::new(token).expect("token is a valid header value").queries_client(self.channel().await)
+    }
+
+    pub async fn admin(&self, token: &str) -> AdminClient {
+        BearerToken::new(token).expect("token is a valid header value").admin_client(self.channel().await)
     }
 
     /// A client that sends `header` verbatim (or nothing) as its authorization metadata.

@@ -237,6 +237,16 @@ pub type CommandsClient = crate::grpc::pb::referral_commands_client::ReferralCom
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
 >;
 
+/// A client of `ReferralQueries` that sends a bearer token.
+pub type QueriesClient = crate::grpc::pb::referral_queries_client::ReferralQueriesClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// A client of `ProjectionAdmin` that sends a bearer token.
+pub type AdminClient = crate::grpc::pb::projection_admin_client::ProjectionAdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
 impl BearerToken {
     pub fn new(token: &str) -> Result<Self, String> {
         Self::raw_header(&format!("Bearer {token}"))
@@ -257,6 +267,14 @@ impl BearerToken {
 
     pub fn client(self, channel: tonic::transport::Channel) -> CommandsClient {
         crate::grpc::pb::referral_commands_client::ReferralCommandsClient::with_interceptor(channel, self)
+    }
+
+    pub fn queries_client(self, channel: tonic::transport::Channel) -> QueriesClient {
+        crate::grpc::pb::referral_queries_client::ReferralQueriesClient::with_interceptor(channel, self)
+    }
+
+    pub fn admin_client(self, channel: tonic::transport::Channel) -> AdminClient {
+        crate::grpc::pb::projection_admin_client::ProjectionAdminClient::with_interceptor(channel, self)
     }
 }
 
