@@ -182,13 +182,7 @@ pub fn active_version(conn: &Connection, name: &str) -> rusqlite::Result<Option<
         .optional()
 }
 
-pub fn insert_version(
-    conn: &Connection,
-    name: &str,
-    version: u32,
-    schema: u32,
-    active: bool,
-) -> rusqlite::Result<()> {
+pub fn insert_version(conn: &Connection, name: &str, version: u32, schema: u32, active: bool) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO projection_versions (name, version, schema, active) VALUES (?1, ?2, ?3, ?4)",
         params![name, version, schema, active],

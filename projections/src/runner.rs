@@ -233,11 +233,24 @@ impl Projector {
     /// and any rebuild an earlier run left unfinished.
     pub async fn start(&self) -> Result<(), ViewError> {
         for p in self.shared.projections.clone() {
-            let (db, name) = (self.shared.db.clone(), p.name());
-            let versions = blocking(move || db.read(|tx| Ok(db::versions(tx, name)?))).await?;
-            for record in versions {
-                self.spawn_worker(p.clone(), Version(record.version));
-            }
+            self.start_versions(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts workers for the versions of `name` only, as [`Projector::start`]
+    /// does for every projection. For tools that work on one projection in
+    /// their own process (e.g. finishing a rebuild offline).
+    pub async fn start_one(&self, name: &str) -> Result<(), ViewError> {
+        let projection = self.projection(name)?;
+        self.start_versions(projection).await
+    }
+
+    async fn start_versions(&self, p: Arc<dyn Projection>) -> Result<(), ViewError> {
+        let (db, name) = (self.shared.db.clone(), p.name());
+        let versions = blocking(move || db.read(|tx| Ok(db::versions(tx, name)?))).await?;
+        for record in versions {
+            self.spawn_worker(p.clone(), Version(record.version));
         }
         Ok(())
     }
@@ -459,6 +472,9 @@ async fn worker(shared: Arc<Shared>, projection: Arc<dyn Projection>, version: V
         if *shutdown.borrow_and_update() {
             break;
         }
+        // Created before the registry is read: a `retry` that clears the
+        // failure after the read still wakes the wait below.
+        let notified = retry.notified();
         let db = shared.db.clone();
         let record = match blocking(move || db.read(|tx| Ok(db::version(tx, name, version.0)?))).await {
             Ok(Some(record)) => record,
@@ -472,7 +488,6 @@ async fn worker(shared: Arc<Shared>, projection: Arc<dyn Projection>, version: V
         };
         if record.failure.is_some() {
             shared.set_state(name, version, RunState::Failed);
-            let notified = retry.notified();
             tokio::select! {
                 _ = notified => {}
                 _ = shutdown.changed() => {}
