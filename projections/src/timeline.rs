@@ -40,7 +40,9 @@ impl Projection for TimelineProjection {
     }
 
     fn schema(&self) -> u32 {
-        1
+        // 2: an ordinary (rowid) table with the key as a unique index instead
+        // of a WITHOUT ROWID table; same columns, same answers.
+        2
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -63,7 +65,7 @@ impl Projection for TimelineProjection {
                 correlation_id TEXT NOT NULL,
                 data TEXT NOT NULL,
                 PRIMARY KEY (referral, revision)
-            ) WITHOUT ROWID;"
+            );"
         ))
     }
 

@@ -96,6 +96,21 @@ impl TestServer {
             task.await.expect("server task").expect("server stopped cleanly");
         }
     }
+
+    /// Stops the server like [`TestServer::stop`] and hands back its data
+    /// directory (event store, views, tokens), released by the server, for
+    /// tests that work on it afterwards.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        let (shutdown, task) = (self.shutdown.take(), self.task.take());
+        let data_dir = self.data_dir;
+        if let Some(tx) = shutdown {
+            let _ = tx.send(());
+        }
+        if let Some(task) = task {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+        data_dir
+    }
 }
 
 /// A region profile registration for `partner` in `region` with one location.

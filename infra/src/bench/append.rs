@@ -171,6 +171,7 @@ pub async fn bench_append(dir: &Path, duration: Duration) -> Result<BenchReport,
             p99_us: engine.p99_us,
             baseline_p50_us: baseline.p50_us,
             baseline_p99_us: baseline.p99_us,
+            ..Default::default()
         });
     }
     Ok(BenchReport::new("append", "durable appends/s", BASELINE, duration.as_secs_f64(), rows))

@@ -355,6 +355,7 @@ pub async fn bench_commands(dir: &Path, duration: Duration, grpc: bool) -> Resul
             p99_us: e.p99_us,
             baseline_p50_us: b.p50_us,
             baseline_p99_us: b.p99_us,
+            ..Default::default()
         });
     }
     engine.tear_down().await;

@@ -7,10 +7,20 @@
 //! * `commands`: full commands/s (load, decide, append) through the command
 //!   service, against the same service over a store that commits each append
 //!   on its own; `--grpc` drives it through a server over loopback.
+//! * `rebuild`: projection rebuild events/s and peak RSS, against reading
+//!   and decoding the same events without writing views.
+//! * `queries`: inbox page latency through `Views::list`, against the same
+//!   page read with plain SQL.
+//! * `lag`: time from an acknowledged command to its row in the view,
+//!   against the command's own acknowledgement latency.
 
 pub mod append;
 pub mod commands;
 mod driver;
+pub mod lag;
+pub mod queries;
+pub mod rebuild;
+mod workload;
 
 use serde::Serialize;
 
@@ -18,8 +28,9 @@ use serde::Serialize;
 pub const WRITER_COUNTS: [usize; 3] = [1, 16, 64];
 
 /// One measured configuration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchRow {
+    /// Concurrent writers (clients, for `queries`; most commands in flight, for `lag`).
     pub writers: usize,
     /// Operations per second of the engine.
     pub value: f64,
@@ -31,6 +42,36 @@ pub struct BenchRow {
     pub p99_us: u64,
     pub baseline_p50_us: u64,
     pub baseline_p99_us: u64,
+    /// What the row measures, where the writer count does not say it all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Events in the log the row was measured over (`rebuild`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// Wall-clock seconds of the engine's measurement (`rebuild`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// Operations per second, where `value` is a latency (`queries`, `lag`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<f64>,
+    /// Peak resident memory of the process during the engine's measurement, MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
+    /// Peak resident memory of the process during the baseline's measurement, MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_peak_rss_mb: Option<f64>,
+}
+
+/// How `to_table` lays a report out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Throughput by writer count (`append`, `commands`).
+    #[default]
+    Writers,
+    /// Events/s and memory by log size (`rebuild`).
+    Rebuild,
+    /// Latency percentiles by row (`queries`, `lag`).
+    Latency,
 }
 
 /// What a scenario reports.
@@ -50,6 +91,21 @@ pub struct BenchReport {
     /// measured in the same run: what every durable commit pays at least.
     pub fsync_us: Option<f64>,
     pub rows: Vec<BenchRow>,
+    /// What `value` is, where the unit alone does not say it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_description: Option<String>,
+    /// The figures the issue asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Peak resident memory of the whole process, set-up included, when
+    /// `peak_rss_mb` is the peak of the measured phases only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_peak_rss_mb: Option<f64>,
+    /// How the data was set up, and anything else a reader needs to weigh the figures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(skip)]
+    pub layout: Layout,
 }
 
 impl BenchReport {
@@ -66,6 +122,11 @@ impl BenchReport {
             seconds_per_measurement: seconds,
             fsync_us: None,
             rows,
+            value_description: None,
+            target: None,
+            process_peak_rss_mb: None,
+            notes: Vec::new(),
+            layout: Layout::Writers,
         }
     }
 
@@ -80,13 +141,35 @@ impl BenchReport {
     }
 
     pub fn to_table(&self) -> String {
-        let mut out =
-            format!("bench {}: {} ({} s per measurement)\n", self.scenario, self.unit, self.seconds_per_measurement);
+        let mut out = match self.layout {
+            Layout::Rebuild => format!("bench {}: {}\n", self.scenario, self.unit),
+            _ => {
+                format!("bench {}: {} ({} s per measurement)\n", self.scenario, self.unit, self.seconds_per_measurement)
+            }
+        };
+        if let Some(what) = &self.value_description {
+            out.push_str(&format!("value: {what}\n"));
+        }
         out.push_str(&format!("baseline: {}\n", self.baseline_description));
+        if let Some(target) = &self.target {
+            out.push_str(&format!("target: {target}\n"));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
         if let Some(us) = self.fsync_us {
             out.push_str(&format!("disk: a 4 KiB write + fsync takes {us:.0} µs (median of 100)\n"));
         }
         out.push('\n');
+        match self.layout {
+            Layout::Writers => self.writers_table(&mut out),
+            Layout::Rebuild => self.rebuild_table(&mut out),
+            Layout::Latency => self.latency_table(&mut out),
+        }
+        out
+    }
+
+    fn writers_table(&self, out: &mut String) {
         out.push_str(&format!(
             "{:>7}  {:>12}  {:>12}  {:>7}  {:>16}  {:>16}\n",
             "writers", "engine", "baseline", "ratio", "engine p50/p99", "baseline p50/p99"
@@ -110,7 +193,56 @@ impl BenchReport {
             self.ratio,
             self.peak_rss_mb
         ));
-        out
+    }
+
+    fn rebuild_table(&self, out: &mut String) {
+        let mb = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0} MB"));
+        out.push_str(&format!(
+            "{:>9}  {:<22}  {:>10}  {:>10}  {:>6}  {:>8}  {:>9}  {:>9}\n",
+            "events", "rebuilding", "engine/s", "baseline/s", "ratio", "seconds", "peak RSS", "base RSS"
+        ));
+        for row in &self.rows {
+            out.push_str(&format!(
+                "{:>9}  {:<22}  {:>10.0}  {:>10.0}  {:>5.2}x  {:>8.2}  {:>9}  {:>9}\n",
+                row.events.unwrap_or(0),
+                row.label.as_deref().unwrap_or(""),
+                row.value,
+                row.baseline,
+                row.ratio,
+                row.seconds.unwrap_or(0.0),
+                mb(row.peak_rss_mb),
+                mb(row.baseline_peak_rss_mb),
+            ));
+        }
+        out.push_str(&format!(
+            "\nheadline: {:.0} {}, {:.2}x the baseline; peak RSS {:.1} MB while rebuilding",
+            self.value, self.unit, self.ratio, self.peak_rss_mb
+        ));
+        if let Some(process) = self.process_peak_rss_mb {
+            out.push_str(&format!(" ({process:.1} MB for the whole process, set-up included)"));
+        }
+    }
+
+    fn latency_table(&self, out: &mut String) {
+        let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+        out.push_str(&format!(
+            "{:<40}  {:>17}  {:>17}  {:>9}  {:>9}\n",
+            "measured", "engine p50/p99 ms", "baseline p50/p99", "p99 ratio", "ops/s"
+        ));
+        for row in &self.rows {
+            out.push_str(&format!(
+                "{:<40}  {:>17}  {:>17}  {:>8.1}x  {:>9.0}\n",
+                row.label.as_deref().unwrap_or(""),
+                format!("{}/{}", ms(row.p50_us), ms(row.p99_us)),
+                format!("{}/{}", ms(row.baseline_p50_us), ms(row.baseline_p99_us)),
+                row.ratio,
+                row.per_second.unwrap_or(0.0),
+            ));
+        }
+        out.push_str(&format!(
+            "\nheadline: {:.2} {}, {:.1}x the baseline's {:.2}; peak RSS {:.1} MB",
+            self.value, self.unit, self.ratio, self.baseline, self.peak_rss_mb
+        ));
     }
 }
 
@@ -140,6 +272,80 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Resets this process's peak resident set size (`VmHWM`) to its current
+/// size, so that the next reading is the peak of what runs after. Linux only
+/// (`/proc/self/clear_refs`); `false` when the kernel refused.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Returns the allocator's free memory to the kernel (glibc's `malloc_trim`),
+/// so that memory one phase of a benchmark freed is not resident in the next.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+    }
+    // SAFETY: malloc_trim only releases free heap pages; it takes no pointers.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}
+
+/// Peak memory per phase: each phase starts from a reset high-water mark,
+/// and the process's overall peak is kept across resets.
+#[derive(Debug)]
+pub struct PhasePeaks {
+    process: f64,
+    /// Whether the kernel let the mark be reset (else every phase reports
+    /// the process's peak so far).
+    pub resettable: bool,
+}
+
+impl PhasePeaks {
+    pub fn new() -> Self {
+        PhasePeaks { process: peak_rss_mb().unwrap_or(0.0), resettable: true }
+    }
+
+    /// Starts a phase: remembers the peak so far, hands the memory earlier
+    /// phases freed back to the kernel (so that it does not count as this
+    /// phase's) and resets the mark.
+    pub fn start(&mut self) {
+        self.process = self.process.max(peak_rss_mb().unwrap_or(0.0));
+        release_free_memory();
+        self.resettable &= reset_peak_rss();
+    }
+
+    /// The peak since the phase started, MB.
+    pub fn finish(&mut self) -> f64 {
+        let peak = peak_rss_mb().unwrap_or(0.0);
+        self.process = self.process.max(peak);
+        peak
+    }
+
+    /// The process's peak over every phase, MB.
+    pub fn process(&self) -> f64 {
+        self.process.max(peak_rss_mb().unwrap_or(0.0))
+    }
+}
+
+impl Default for PhasePeaks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `p`-th percentile (0–1) of sorted microsecond latencies.
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 #[derive(Debug, thiserror::Error)]

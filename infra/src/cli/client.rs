@@ -17,13 +17,13 @@ use crate::grpc::pb;
 pub struct Connection {
     /// The server's gRPC address.
     #[arg(long, env = "REFERRAL_ENGINE_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
-    server: String,
+    pub(super) server: String,
     /// The API token (see `referral-engine token add`).
     #[arg(long, env = "REFERRAL_ENGINE_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub(super) token: Option<String>,
     /// Print the response as JSON.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// A command's idempotency key.
@@ -332,6 +332,12 @@ fn source(text: &str) -> Result<pb::Source, String> {
 type Client = CommandsClient;
 
 async fn connect(conn: &Connection) -> Result<Client, String> {
+    let (channel, bearer) = open(conn).await?;
+    Ok(bearer.client(channel))
+}
+
+/// A connection to the server and the token to send on it, for a client of any service.
+pub(super) async fn open(conn: &Connection) -> Result<(Channel, BearerToken), String> {
     let token = conn
         .token
         .clone()
@@ -342,7 +348,7 @@ async fn connect(conn: &Connection) -> Result<Client, String> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach {}: {e}", conn.server))?;
-    Ok(bearer.client(channel))
+    Ok((channel, bearer))
 }
 
 fn conn_of(command: &ClientCommand) -> &Connection {

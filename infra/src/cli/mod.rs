@@ -3,6 +3,9 @@
 
 mod client;
 mod output;
+mod projections;
+mod queries;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +39,11 @@ enum Command {
     Bench(BenchArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
+    #[command(flatten)]
+    Queries(queries::QueryCommand),
+    /// Operate the projections: status, rebuild, retry (a server's, or offline with --data-dir).
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
 }
 
 #[derive(Args)]
@@ -71,11 +79,25 @@ enum TokenCommand {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// append: durable appends/s; commands: full commands/s.
+    /// append: durable appends/s; commands: full commands/s; rebuild: projection
+    /// rebuild events/s and memory; queries: inbox page latency; lag: command to view.
     scenario: String,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
+    /// Seconds per measurement (3 by default; 10 for lag).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// For `rebuild`: events in the log (measured at a quarter of them too).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// For `rebuild`: events the projection runner applies per transaction
+    /// (the runner's default when absent).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// For `queries`: referrals in the views.
+    #[arg(long, default_value_t = 1_000_000)]
+    referrals: u64,
+    /// For `lag`: commands per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
     /// For `commands`: drive the commands through a gRPC server over loopback.
     #[arg(long)]
     grpc: bool,
@@ -112,6 +134,8 @@ pub fn main() -> ExitCode {
             }
             Command::Bench(args) => bench(args).await,
             Command::Client(command) => client::run(command).await,
+            Command::Queries(command) => queries::run(command).await,
+            Command::Projections(command) => projections::run(command).await,
         }
     })
 }
@@ -171,7 +195,8 @@ fn token_add(role: &str, partner: Option<&str>, name: Option<&str>, data_dir: &s
 }
 
 async fn bench(args: BenchArgs) -> ExitCode {
-    let duration = std::time::Duration::from_secs_f64(args.seconds.max(0.1));
+    let default_seconds = if args.scenario == "lag" { 10.0 } else { 3.0 };
+    let duration = std::time::Duration::from_secs_f64(args.seconds.unwrap_or(default_seconds).max(0.1));
     let tmp;
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
@@ -191,7 +216,18 @@ async fn bench(args: BenchArgs) -> ExitCode {
         "commands" => {
             crate::bench::commands::bench_commands(&dir, duration, args.grpc).await.map_err(|e| e.to_string())
         }
-        other => Err(format!("unknown scenario {other:?}; use append or commands")),
+        "rebuild" => {
+            let mut options = referral_projections::RunnerOptions::default();
+            if let Some(size) = args.batch_size {
+                options.batch_size = size.max(1);
+            }
+            crate::bench::rebuild::bench_rebuild(&dir, args.events, options).await.map_err(|e| e.to_string())
+        }
+        "queries" => {
+            crate::bench::queries::bench_queries(&dir, args.referrals, duration).await.map_err(|e| e.to_string())
+        }
+        "lag" => crate::bench::lag::bench_lag(&dir, args.rate, duration).await.map_err(|e| e.to_string()),
+        other => Err(format!("unknown scenario {other:?}; use append, commands, rebuild, queries or lag")),
     };
     match report {
         Ok(report) => {

@@ -16,6 +16,7 @@ macro_rules! emit {
     }};
 }
 use crate::grpc::pb::google::r#type as gtype;
+pub(super) use emit;
 
 pub enum Response {
     Command(&'static str, pb::CommandResult),
@@ -53,14 +54,14 @@ fn result_text(verb: &str, r: &pb::CommandResult) -> String {
     format!("{verb}: {} event(s) written to {}{revision}{position}{replay}", r.events_written, r.stream)
 }
 
-fn money(m: &Option<gtype::Money>) -> Value {
+pub(super) fn money(m: &Option<gtype::Money>) -> Value {
     match m {
         Some(m) => json!({"currency_code": m.currency_code, "units": m.units, "nanos": m.nanos}),
         None => Value::Null,
     }
 }
 
-fn money_text(m: &Option<gtype::Money>) -> String {
+pub(super) fn money_text(m: &Option<gtype::Money>) -> String {
     match m {
         Some(m) if m.nanos == 0 => format!("{} {}", m.units, m.currency_code),
         Some(m) => {
@@ -71,17 +72,17 @@ fn money_text(m: &Option<gtype::Money>) -> String {
     }
 }
 
-fn date(d: &Option<gtype::Date>) -> Value {
+pub(super) fn date(d: &Option<gtype::Date>) -> Value {
     d.as_ref().map_or(Value::Null, |d| json!(format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)))
 }
 
-fn time(t: &Option<prost_types::Timestamp>) -> Value {
+pub(super) fn time(t: &Option<prost_types::Timestamp>) -> Value {
     t.as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map_or(Value::Null, |t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
 }
 
-fn enum_name(name: Option<&str>, prefix: &str) -> Value {
+pub(super) fn enum_name(name: Option<&str>, prefix: &str) -> Value {
     name.map_or(Value::Null, |n| json!(n.trim_start_matches(prefix).to_ascii_lowercase()))
 }
 

@@ -1,0 +1,359 @@
+//! `bench rebuild`: how fast the projections are rebuilt from the log, and
+//! how much memory that takes as the log grows.
+//!
+//! Set-up: referral lifecycles from [`super::workload`] (one time-ordered
+//! log over hundreds of partners, steps of many referrals interleaved) are
+//! encoded with the domain codec and appended straight to a fresh
+//! `SqliteEventStore`, thousands of appends at a time with their exact
+//! expected revisions; the command handler would take far longer and adds
+//! nothing a rebuild sees.
+//!
+//! Measured at a quarter of the events and again at all of them (the log
+//! grows in between), each on a store opened afresh:
+//!
+//! * baseline: one `subscribe_all` from the start until `CaughtUp`, each
+//!   event decoded with `ProjectedEvent::decode`, nothing written;
+//! * engine: `Projector::open` on a fresh view database, then `rebuild` of
+//!   each projection on its own, then of all four at once; timed from the
+//!   first `rebuild` call until every new version is active at the log's
+//!   head (`Projector::wait_for`, which the runner only answers once the
+//!   rebuilt version has been swapped in, confirmed with `status`).
+//!
+//! The peak RSS of each phase is the kernel's high-water mark (`VmHWM`),
+//! reset before the phase.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use referral_domain::codec;
+use referral_domain::eventlog::{
+    EventData, EventStore, ExpectedRevision, Position, StreamName, StreamRevision, SubscriptionMessage,
+    SubscriptionStart,
+};
+use referral_projections::runner::projected_streams;
+use referral_projections::{all_projections, ProjectedEvent, Projection, Projector, RunnerOptions, ViewDb};
+use uuid::Uuid;
+
+use super::workload::{Generated, Workload};
+use super::{BenchError, BenchReport, BenchRow, Layout, PhasePeaks};
+use crate::store::{SqliteEventStore, SqliteOptions};
+
+const BASELINE: &str =
+    "the same events read and decoded without writing views: one subscribe_all from the start until \
+                        CaughtUp, ProjectedEvent::decode on each (what one projection's feeder does), same process";
+const SEED: u64 = 0x5eed_0001;
+/// Partners in the generated log (a few large, a long tail of small ones).
+const PARTNERS: usize = 400;
+/// Appends sent to the store at once while setting up.
+const CHUNK: usize = 8192;
+
+fn setup(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Setup(e.to_string())
+}
+
+/// One append of the set-up.
+struct Append {
+    stream: StreamName,
+    expected: ExpectedRevision,
+    event: EventData,
+}
+
+fn encode(g: Generated) -> Append {
+    let expected = match g.revision {
+        StreamRevision(0) => ExpectedRevision::NoStream,
+        StreamRevision(r) => ExpectedRevision::Exact(StreamRevision(r - 1)),
+    };
+    Append { stream: g.stream, expected, event: codec::encode(Uuid::new_v4(), &g.event, &g.metadata) }
+}
+
+/// Cuts the time-ordered log into chunks of appends that can be sent at
+/// once: an event whose stream already has one in the chunk waits for the
+/// next chunk (with every later event of that stream), so each append's
+/// expected revision is the one before it.
+fn chunks(mut workload: Workload, count: u64, tx: tokio::sync::mpsc::Sender<Vec<Append>>) -> Workload {
+    let mut generated = 0u64;
+    let mut deferred: VecDeque<Generated> = VecDeque::new();
+    while generated < count || !deferred.is_empty() {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut in_chunk: HashSet<u64> = HashSet::new();
+        let mut waiting: HashSet<u64> = HashSet::new();
+        let carried = std::mem::take(&mut deferred);
+        let mut place = |g: Generated, chunk: &mut Vec<Append>, deferred: &mut VecDeque<Generated>| {
+            if in_chunk.contains(&g.key) || waiting.contains(&g.key) {
+                waiting.insert(g.key);
+                deferred.push_back(g);
+            } else {
+                in_chunk.insert(g.key);
+                chunk.push(encode(g));
+            }
+        };
+        for g in carried {
+            place(g, &mut chunk, &mut deferred);
+        }
+        while chunk.len() < CHUNK && generated < count {
+            generated += 1;
+            place(workload.next_event(), &mut chunk, &mut deferred);
+        }
+        if tx.blocking_send(chunk).is_err() {
+            break;
+        }
+    }
+    workload
+}
+
+/// Appends `count` more events of `workload` to the store at `path`.
+async fn write_events(path: &Path, workload: Workload, count: u64) -> Result<Workload, BenchError> {
+    let options = SqliteOptions { max_batch: CHUNK, ..Default::default() };
+    let store = SqliteEventStore::open_with(path, options).map_err(setup)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Append>>(2);
+    let generator = tokio::task::spawn_blocking(move || chunks(workload, count, tx));
+    let mut failure = None;
+    while let Some(chunk) = rx.recv().await {
+        let store = &store;
+        let results = futures::future::join_all(
+            chunk.into_iter().map(|a| async move { store.append(&a.stream, a.expected, vec![a.event]).await }),
+        )
+        .await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            failure = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let workload = generator.await.map_err(setup)?;
+    if let Some(e) = failure {
+        return Err(BenchError::Setup(format!("writing the generated log failed: {e}")));
+    }
+    drop(store);
+    Ok(workload)
+}
+
+/// Reads every projected event from the start and decodes it; returns how many.
+async fn read_and_decode(store: Arc<dyn EventStore>) -> Result<u64, BenchError> {
+    let operation = |e: String| BenchError::Operation(e);
+    let mut subscription = store
+        .subscribe_all(SubscriptionStart::Start, projected_streams())
+        .await
+        .map_err(|e| operation(e.to_string()))?;
+    let mut count = 0u64;
+    loop {
+        match subscription.next().await.map_err(|e| operation(e.to_string()))? {
+            SubscriptionMessage::Event(recorded) => {
+                let event = ProjectedEvent::decode(recorded).map_err(|e| operation(e.to_string()))?;
+                std::hint::black_box(&event);
+                count += 1;
+            }
+            SubscriptionMessage::CaughtUp => return Ok(count),
+        }
+    }
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+}
+
+/// What one rebuild took.
+struct Rebuilt {
+    /// Until every projection's new version was active at the head.
+    seconds: f64,
+    /// Until each one's was.
+    each: Vec<(&'static str, f64)>,
+}
+
+/// Rebuilds `projections` at once on a fresh view database at `path`, from
+/// position 0 to `head`; fails if any projection stops on an event.
+async fn rebuild(
+    store: Arc<dyn EventStore>,
+    path: &Path,
+    projections: Vec<Arc<dyn Projection>>,
+    head: Position,
+    options: RunnerOptions,
+) -> Result<Rebuilt, BenchError> {
+    remove_db(path);
+    let db = ViewDb::open(path).map_err(setup)?;
+    let projector = Projector::open(store, db, projections, options).await.map_err(setup)?;
+    let outcome = run_rebuild(&projector, head).await;
+    projector.shutdown().await;
+    drop(projector);
+    remove_db(path);
+    outcome
+}
+
+async fn run_rebuild(projector: &Projector, head: Position) -> Result<Rebuilt, BenchError> {
+    let operation = |e: String| BenchError::Operation(e);
+    let names = projector.names();
+    let started = Instant::now();
+    let mut building = HashMap::new();
+    for name in &names {
+        building.insert(*name, projector.rebuild(name).await.map_err(|e| operation(e.to_string()))?);
+    }
+    // One waiter per projection notes when its new version went live at the head.
+    let waiters: Vec<_> = names
+        .iter()
+        .map(|&name| {
+            let projector = projector.clone();
+            (
+                name,
+                tokio::spawn(async move {
+                    while projector.wait_for(name, head, Duration::from_millis(500)).await.is_err() {}
+                    started.elapsed().as_secs_f64()
+                }),
+            )
+        })
+        .collect();
+    // Allow 1 ms per event on top of a minute before calling it stuck.
+    let limit = Duration::from_secs(60) + Duration::from_millis(head.commit);
+    let outcome = loop {
+        let status = projector.status().await.map_err(|e| operation(e.to_string()))?;
+        let failed = status.iter().find_map(|s| {
+            s.versions.iter().find_map(|v| {
+                v.failure
+                    .as_ref()
+                    .map(|(at, why)| format!("projection {} v{} failed at {at}: {why}", s.name, v.version))
+            })
+        });
+        if let Some(failure) = failed {
+            break Err(operation(failure));
+        }
+        if waiters.iter().all(|(_, w)| w.is_finished()) {
+            break Ok(());
+        }
+        if started.elapsed() > limit {
+            break Err(operation(format!("the rebuild did not finish within {} s", limit.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut each = Vec::new();
+    for (name, waiter) in waiters {
+        if outcome.is_err() {
+            waiter.abort();
+            continue;
+        }
+        each.push((name, waiter.await.map_err(|e| operation(e.to_string()))?));
+    }
+    outcome?;
+    let status = projector.status().await.map_err(|e| operation(e.to_string()))?;
+    for s in &status {
+        let active = s.active().ok_or_else(|| operation(format!("projection {} has no active version", s.name)))?;
+        if Some(&active.version) != building.get(s.name.as_str())
+            || active.checkpoint.map(|c| c.commit) < Some(head.commit)
+        {
+            return Err(operation(format!(
+                "projection {}: version {} at {:?} is active, expected the rebuilt version {:?} at {head}",
+                s.name,
+                active.version,
+                active.checkpoint,
+                building.get(s.name.as_str())
+            )));
+        }
+    }
+    let seconds = each.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+    Ok(Rebuilt { seconds, each })
+}
+
+/// Writes `events` events (a quarter first, measuring there too) and
+/// measures the rebuild beside the read-and-decode baseline.
+pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> Result<BenchReport, BenchError> {
+    if events == 0 {
+        return Err(setup("--events must be at least 1"));
+    }
+    let sizes: Vec<u64> = if events >= 4 { vec![events / 4, events] } else { vec![events] };
+    let store_path = dir.join("rebuild-events.db");
+    let start = Utc::now() - chrono::Duration::days(365);
+    let mut workload = Workload::new(SEED, PARTNERS, start);
+    let mut peaks = PhasePeaks::new();
+    let mut written = 0u64;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut engine_peak: f64 = 0.0;
+    for &size in &sizes {
+        let began = Instant::now();
+        workload = write_events(&store_path, workload, size - written).await?;
+        written = size;
+        notes.push(format!(
+            "set-up: {size} events ({} referrals, {} still open, {PARTNERS} partners) in the log after {:.1} s of writing",
+            workload.referrals(),
+            workload.open_referrals(),
+            began.elapsed().as_secs_f64()
+        ));
+        let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&store_path).map_err(setup)?);
+        let head = store.head_position().await.map_err(setup)?.ok_or_else(|| setup("the log is empty"))?;
+        if head.commit != size {
+            return Err(setup(format!("the log's head is at {head}, expected {size}")));
+        }
+
+        peaks.start();
+        let began = Instant::now();
+        let decoded = read_and_decode(store.clone()).await?;
+        let baseline_seconds = began.elapsed().as_secs_f64();
+        let baseline_rss = peaks.finish();
+        if decoded != size {
+            return Err(BenchError::Operation(format!("the baseline read {decoded} events, expected {size}")));
+        }
+        let baseline = size as f64 / baseline_seconds;
+
+        let mut measured = Vec::new();
+        for projection in all_projections() {
+            let label = projection.name().to_string();
+            measured.push((label, vec![projection]));
+        }
+        measured.push((format!("all {} at once", all_projections().len()), all_projections()));
+        for (label, projections) in measured {
+            peaks.start();
+            let rebuilt = rebuild(store.clone(), &dir.join("rebuild-views.db"), projections, head, options).await?;
+            let rss = peaks.finish();
+            engine_peak = engine_peak.max(rss);
+            let value = size as f64 / rebuilt.seconds.max(f64::MIN_POSITIVE);
+            if rebuilt.each.len() > 1 {
+                let each: Vec<String> = rebuilt.each.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect();
+                notes.push(format!("{size} events, all at once: active at the head after {}", each.join(", ")));
+            }
+            rows.push(BenchRow {
+                writers: 1,
+                value,
+                baseline,
+                ratio: value / baseline.max(f64::MIN_POSITIVE),
+                label: Some(label),
+                events: Some(size),
+                seconds: Some(rebuilt.seconds),
+                peak_rss_mb: Some(rss),
+                baseline_peak_rss_mb: Some(baseline_rss),
+                ..Default::default()
+            });
+        }
+        drop(store);
+    }
+    let flat: Vec<String> = rows
+        .iter()
+        .filter(|r| r.label.as_deref().is_some_and(|l| l.starts_with("all")))
+        .map(|r| format!("{:.0} MB at {} events", r.peak_rss_mb.unwrap_or(0.0), r.events.unwrap_or(0)))
+        .collect();
+    notes.push(format!("peak RSS rebuilding all at once: {}", flat.join(", ")));
+    if !peaks.resettable {
+        notes.push("the kernel refused to reset VmHWM: each phase's peak includes the phases before it".into());
+    }
+    notes.push(format!(
+        "runner options: batch_size {}, buffer {}; view database synchronous=NORMAL (WAL)",
+        options.batch_size, options.buffer
+    ));
+    let headline_seconds = rows.last().and_then(|r| r.seconds).unwrap_or(0.0);
+    let mut report = BenchReport::new("rebuild", "events/s", BASELINE, headline_seconds, rows);
+    report.layout = Layout::Rebuild;
+    report.value_description = Some(format!(
+        "events/s rebuilding all four projections (referrals, timeline, history, deadlines) at once, blue/green \
+         from position 0: the {events} events in the log divided by the wall time from the first rebuild call until \
+         every new version is active at the log's head"
+    ));
+    report.target = Some("≥ 150,000 events/s; peak RSS < 300 MB and flat as the log grows".into());
+    report.peak_rss_mb = engine_peak;
+    report.process_peak_rss_mb = Some(peaks.process());
+    report.notes = notes;
+    Ok(report)
+}

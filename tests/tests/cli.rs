@@ -1,0 +1,618 @@
+//! The `referral-engine` command line's read side, run as a separate process:
+//! the inbox, active and archive lists, a referral's view and timeline and a
+//! partner's history against a test server; the `projections` operator
+//! commands against the server and offline on a data directory.
+//!
+//! The binary under test is `referral-engine-under-test` (`src/bin/`), the
+//! same `main` as `referral-engine`, built by cargo with this test. Set
+//! `REFERRAL_ENGINE_BIN` to run another build of `referral-engine` instead.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use referral_commands::Role;
+use referral_infra::grpc::pb;
+use referral_tests::{accept_request, date, money, profile_request, rfi_request, Client, TestServer};
+use serde_json::Value;
+
+const A: &str = "contoso";
+const B: &str = "northwind";
+/// The longest one CLI run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn binary() -> PathBuf {
+    let path = match std::env::var_os("REFERRAL_ENGINE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_referral-engine-under-test")),
+    };
+    assert!(
+        path.is_file(),
+        "the CLI binary {} does not exist; build it with `cargo build -p referral-tests --bins` \
+         (or unset REFERRAL_ENGINE_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// What one run of the CLI did.
+struct Run {
+    args: Vec<String>,
+    success: bool,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "referral-engine {}\nexit code: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args.join(" "),
+            self.code,
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    /// The run's stdout; panics (showing the run) unless it succeeded.
+    fn ok(self) -> String {
+        assert!(self.success, "the command failed:\n{}", self.describe());
+        self.stdout
+    }
+
+    /// The run's stdout as JSON; panics unless it succeeded and printed JSON.
+    fn json(self) -> Value {
+        let description = self.describe();
+        let stdout = self.ok();
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{description}"))
+    }
+
+    /// Panics unless the run failed.
+    fn failed(self) -> Run {
+        assert!(!self.success, "the command should have failed:\n{}", self.describe());
+        self
+    }
+}
+
+/// Runs the CLI with `args`, none of the caller's REFERRAL_ENGINE_* settings
+/// and no terminal.
+async fn cli<S: AsRef<str>>(args: &[S]) -> Run {
+    let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+    let child = tokio::process::Command::new(binary())
+        .args(&args)
+        .env_remove("REFERRAL_ENGINE_SERVER")
+        .env_remove("REFERRAL_ENGINE_TOKEN")
+        .env_remove("REFERRAL_ENGINE_DATA_DIR")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the CLI");
+    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("referral-engine {} ran longer than {RUN_TIMEOUT:?}", args.join(" ")))
+        .expect("run the CLI");
+    Run {
+        args,
+        success: output.status.success(),
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The referral ids of a list printed with --json.
+fn ids(list: &Value) -> BTreeSet<String> {
+    list["referrals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no referrals array in {list}"))
+        .iter()
+        .map(|r| r["referral_id"].as_str().expect("referral_id").to_string())
+        .collect()
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+/// The row of a readable table that mentions `needle`.
+fn row<'a>(table: &'a str, needle: &str) -> &'a str {
+    table.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no row with {needle:?} in:\n{table}"))
+}
+
+/// A server with `emea` profiles for A and B, and referrals in every list:
+///
+/// * `new_a`, `new_b`: one RFI to A and B, unanswered (inbox);
+/// * `active_a`: accepted by A (active);
+/// * `won_a`: accepted, then won at 142,000 EUR (archive);
+/// * `declined_a`: declined for budget (archive).
+struct World {
+    server: TestServer,
+    operator: String,
+    a_token: String,
+    intake: Client,
+    a: Client,
+    /// The log position of the last command, for read-your-writes.
+    last: u64,
+    new_a: String,
+    new_b: String,
+    active_a: String,
+    won_a: String,
+    declined_a: String,
+}
+
+impl World {
+    async fn start() -> World {
+        let server = TestServer::start().await;
+        let intake = server.client(&server.token(Role::Intake, None)).await;
+        let a_token = server.token(Role::Partner, Some(A));
+        let a = server.client(&a_token).await;
+        let mut world = World {
+            operator: server.token(Role::Operator, None),
+            a_token,
+            intake,
+            a,
+            server,
+            last: 0,
+            new_a: String::new(),
+            new_b: String::new(),
+            active_a: String::new(),
+            won_a: String::new(),
+            declined_a: String::new(),
+        };
+        for partner in [A, B] {
+            let r = world
+                .intake
+                .clone()
+                .register_partner_profile(profile_request(&rid(), partner, "emea"))
+                .await
+                .expect("register profile")
+                .into_inner();
+            world.seen(&r);
+        }
+        let both = world.submit("rfi-new", &[A, B]).await;
+        (world.new_a, world.new_b) = (both[0].clone(), both[1].clone());
+        world.active_a = world.submit("rfi-active", &[A]).await.remove(0);
+        world.won_a = world.submit("rfi-won", &[A]).await.remove(0);
+        world.declined_a = world.submit("rfi-declined", &[A]).await.remove(0);
+        for id in [world.active_a.clone(), world.won_a.clone()] {
+            let r = world.a.clone().accept_referral(accept_request(&rid(), &id)).await.expect("accept").into_inner();
+            world.seen(&r);
+        }
+        let won = pb::MarkWonRequest {
+            request_id: rid(),
+            referral_id: world.won_a.clone(),
+            final_value: Some(money("EUR", 142_000, 0)),
+            closed_on: Some(date(2026, 11, 24)),
+        };
+        let r = world.a.clone().mark_won(won).await.expect("won").into_inner();
+        world.seen(&r);
+        let decline = pb::DeclineReferralRequest {
+            request_id: rid(),
+            referral_id: world.declined_a.clone(),
+            reason: pb::ReasonCode::BudgetNotAdequate as i32,
+            notes: String::new(),
+        };
+        let r = world.a.clone().decline_referral(decline).await.expect("decline").into_inner();
+        world.seen(&r);
+        world
+    }
+
+    fn seen(&mut self, r: &pb::CommandResult) {
+        if let Some(p) = &r.position {
+            self.last = self.last.max(p.commit);
+        }
+    }
+
+    async fn submit(&mut self, rfi: &str, partners: &[&str]) -> Vec<String> {
+        let response =
+            self.intake.clone().submit_rfi(rfi_request(&rid(), rfi, partners)).await.expect("submit").into_inner();
+        for r in &response.referrals {
+            if let Some(result) = &r.result {
+                self.seen(result);
+            }
+        }
+        response.referrals.into_iter().map(|r| r.referral_id).collect()
+    }
+
+    /// Runs the CLI against this server with `token`.
+    async fn cli(&self, token: &str, args: &[&str]) -> Run {
+        let server = format!("http://{}", self.server.addr);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--server", &server, "--token", token]);
+        cli(&all).await
+    }
+
+    /// Waits until every projection's active version is live and has applied
+    /// the last command (read through the CLI's `projections status --json`).
+    async fn wait_until_live(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.cli(&self.operator, &["projections", "status", "--json"]).await.json();
+            let projections = status["projections"].as_array().expect("projections").clone();
+            let live = projections.iter().all(|p| {
+                let v = &p["versions"][0];
+                v["active"] == true && v["state"] == "live" && v["checkpoint"]["commit"].as_u64() >= Some(self.last)
+            });
+            if live && projections.len() == 4 {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the projections did not all become live:\n{status:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn versions<'a>(status: &'a Value, name: &str) -> &'a Vec<Value> {
+    status["projections"]
+        .as_array()
+        .expect("projections")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no projection {name} in {status:#}"))["versions"]
+        .as_array()
+        .expect("versions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_show_each_referral_in_its_list_with_its_key_dates_and_values() {
+    let w = World::start().await;
+    let op = w.operator.as_str();
+    let min = w.last.to_string();
+
+    let inbox = w.cli(op, &["inbox", "--partner", A, "--min-position", &min]).await.ok();
+    let first = inbox.lines().next().unwrap_or_default();
+    for column in ["ID", "PARTNER", "REGION", "CUSTOMER", "RECEIVED", "RESPONSE DUE", "OVERDUE", "EXPIRES", "ALERT"] {
+        assert!(first.contains(column), "inbox header lacks {column}:\n{inbox}");
+    }
+    let line = row(&inbox, &w.new_a);
+    // Received at the test epoch; answer due 24 h later; expires after 14 days; hot alert.
+    for value in [A, "emea", "Fabrikam AG", "2026-11-24 09:00Z", "2026-11-25 09:00Z", "2026-12-08 09:00Z", "hot"] {
+        assert!(line.contains(value), "inbox row lacks {value:?}: {line}");
+    }
+    for other in [&w.new_b, &w.active_a, &w.won_a, &w.declined_a] {
+        assert!(!inbox.contains(other.as_str()), "inbox for {A} shows {other}:\n{inbox}");
+    }
+    assert!(inbox.contains("1 referral(s)"), "{inbox}");
+
+    let all = w.cli(op, &["inbox", "--json"]).await.json();
+    assert_eq!(ids(&all), set(&[&w.new_a, &w.new_b]), "{all:#}");
+    assert_eq!(all["next_page_token"], "");
+    let a_row = all["referrals"].as_array().unwrap().iter().find(|r| r["referral_id"] == w.new_a.as_str()).unwrap();
+    assert_eq!(a_row["status"], "new");
+    assert_eq!(a_row["customer"]["company_name"], "Fabrikam AG");
+    assert_eq!(a_row["response_due_at"], "2026-11-25T09:00:00Z");
+
+    // Paging: one per page, the token printed for the next; --all-pages follows it.
+    let page = w.cli(op, &["inbox", "--page-size", "1"]).await.ok();
+    let token = page
+        .lines()
+        .find_map(|l| l.strip_prefix("next page: --page-token "))
+        .unwrap_or_else(|| panic!("no next page token in:\n{page}"))
+        .to_string();
+    let second = w.cli(op, &["inbox", "--page-size", "1", "--page-token", &token, "--json"]).await.json();
+    assert_eq!(ids(&second).len(), 1);
+    assert!(!page.contains(ids(&second).first().unwrap().as_str()), "page 2 repeats page 1");
+    let everything = w.cli(op, &["inbox", "--page-size", "1", "--all-pages", "--json"]).await.json();
+    assert_eq!(ids(&everything), set(&[&w.new_a, &w.new_b]));
+    assert_eq!(everything["next_page_token"], "");
+
+    let active = w.cli(op, &["active", "--partner", A]).await.ok();
+    let line = row(&active, &w.active_a);
+    for value in ["Fabrikam ERP migration", "125000.5 EUR", "2026-12-31", "2026-11-24 09:00Z"] {
+        assert!(line.contains(value), "active row lacks {value:?}: {line}");
+    }
+    assert!(!active.contains(w.won_a.as_str()) && !active.contains(w.new_a.as_str()), "{active}");
+
+    let archive = w.cli(op, &["archive", "--partner", A, "--region", "emea"]).await.ok();
+    let won = row(&archive, &w.won_a);
+    assert!(won.contains("won") && won.contains("142000 EUR (closed on 2026-11-24)"), "{won}");
+    let declined = row(&archive, &w.declined_a);
+    assert!(declined.contains("declined") && declined.contains("budget_not_adequate"), "{declined}");
+    assert!(archive.contains("2 referral(s)"), "{archive}");
+    let only_won = w.cli(op, &["archive", "--outcome", "won", "--json"]).await.json();
+    assert_eq!(ids(&only_won), set(&[&w.won_a]));
+    let declined_or_expired =
+        w.cli(op, &["archive", "--outcome", "declined", "--outcome", "expired", "--json"]).await.json();
+    assert_eq!(ids(&declined_or_expired), set(&[&w.declined_a]));
+    let oldest_first = w.cli(op, &["archive", "--order", "urgent", "--json"]).await.json();
+    assert_eq!(ids(&oldest_first).len(), 2);
+    let future = w.cli(op, &["archive", "--from", "2027-01-01T00:00:00Z", "--json"]).await.json();
+    assert!(ids(&future).is_empty(), "{future:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referral_timeline_and_history_show_what_happened() {
+    let w = World::start().await;
+    let op = w.operator.as_str();
+    let min = w.last.to_string();
+
+    let detail = w.cli(op, &["referral", &w.active_a, "--min-position", &min]).await.ok();
+    for value in ["active / accepted", "Fabrikam ERP migration", "125000.5 EUR", "contoso (region emea)"] {
+        assert!(detail.contains(value), "referral lacks {value:?}:\n{detail}");
+    }
+    let detail = w.cli(op, &["referral", &w.won_a, "--json"]).await.json();
+    assert_eq!(detail["substatus"], "won");
+    assert_eq!(detail["outcome"]["final_value"]["units"], 142_000);
+
+    let timeline = w.cli(op, &["timeline", &w.won_a, "--min-position", &min]).await.ok();
+    let header = timeline.lines().nth(1).unwrap_or_default();
+    for column in ["REV", "TIME", "EVENT", "ACTOR"] {
+        assert!(header.contains(column), "timeline header lacks {column}:\n{timeline}");
+    }
+    let events: Vec<(&str, &str)> = timeline
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[0], cells[2])
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [("0", "ReferralReceived"), ("1", "ReferralAccepted"), ("2", "ReferralWon")],
+        "timeline:\n{timeline}"
+    );
+    assert!(row(&timeline, "ReferralWon").contains("2026-11-24T09:00:00Z"), "{timeline}");
+    let timeline = w.cli(op, &["timeline", &w.won_a, "--json"]).await.json();
+    let types: Vec<&str> =
+        timeline["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["ReferralReceived", "ReferralAccepted", "ReferralWon"]);
+    assert!(timeline["events"][2]["actor"].as_str().unwrap().starts_with("partner:contoso/"), "{timeline:#}");
+    assert!(timeline["events"][2]["data"].is_object(), "the payload is parsed: {timeline:#}");
+    assert!(timeline["events"][2]["data"].to_string().contains("142000"), "{timeline:#}");
+
+    let history = w.cli(op, &["history", "--partner", A, "--min-position", &min]).await.ok();
+    for value in [
+        "history of partner contoso (all regions)",
+        "received 4, accepted 2, declined 1, expired 0, won 1, lost 0",
+        "acceptance rate  66.7%",
+        "win rate         100.0%",
+        "response time    3 answered; median 0s, p90 0s",
+        "decline reasons  budget_not_adequate 1",
+        "won deals        142000 EUR (1 deal)",
+        "by feature",
+        "recent deals",
+    ] {
+        assert!(history.contains(value), "history lacks {value:?}:\n{history}");
+    }
+    let industry = row(&history, "manufacturing");
+    let cells: Vec<&str> = industry.split_whitespace().collect();
+    assert_eq!(cells, ["industry", "manufacturing", "4", "2", "1", "0", "1", "0", "66.7%", "100.0%"], "{history}");
+    assert!(row(&history, &w.won_a).contains("142000 EUR"), "{history}");
+
+    let json = w.cli(op, &["history", "--partner", A, "--region", "emea", "--json"]).await.json();
+    assert_eq!(json["region"], "emea");
+    assert_eq!(json["counts"]["received"], 4);
+    assert_eq!(json["counts"]["won"], 1);
+    assert_eq!(json["deal_totals"][0]["total"]["units"], 142_000);
+    assert_eq!(json["recent_deals"][0]["referral_id"], w.won_a.as_str());
+    assert_eq!(json["decline_reasons"][0]["reason"], "budget_not_adequate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_token_cannot_see_another_partners_inbox() {
+    let w = World::start().await;
+    let min = w.last.to_string();
+
+    let own = w.cli(&w.a_token, &["inbox", "--min-position", &min]).await.ok();
+    assert!(own.contains(w.new_a.as_str()) && !own.contains(w.new_b.as_str()), "{own}");
+
+    let refused = w.cli(&w.a_token, &["inbox", "--partner", B]).await.failed();
+    assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.describe());
+    assert!(refused.stdout.is_empty(), "{}", refused.describe());
+    let refused = w.cli(&w.a_token, &["inbox", "--partner", B, "--json"]).await.failed();
+    let error: Value = serde_json::from_str(&refused.stdout).expect("JSON error");
+    assert_eq!(error["error"]["code"], "PERMISSION_DENIED", "{}", refused.describe());
+
+    let refused = w.cli(&w.a_token, &["referral", &w.new_b]).await.failed();
+    assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.describe());
+    let refused = w.cli(&w.a_token, &["history", "--partner", B]).await.failed();
+    assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.describe());
+    // Operating the projections needs an operator token.
+    let refused = w.cli(&w.a_token, &["projections", "status"]).await.failed();
+    assert!(refused.stderr.contains("PERMISSION_DENIED"), "{}", refused.describe());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_status_rebuild_and_retry_against_the_server() {
+    let w = World::start().await;
+    let op = w.operator.as_str();
+    let live = w.wait_until_live().await;
+    // Every projection reads the same events.
+    let events = versions(&live, "timeline")[0]["events_applied"].as_u64().expect("events_applied");
+
+    let status = w.cli(op, &["projections", "status"]).await.ok();
+    let header = status.lines().next().unwrap_or_default();
+    for column in
+        ["NAME", "VERSION", "ACTIVE", "STATE", "CHECKPOINT", "HEAD", "LAG", "LAG (S)", "EVENTS/S", "LAST ERROR"]
+    {
+        assert!(header.contains(column), "status header lacks {column}:\n{status}");
+    }
+    for name in ["referrals", "timeline", "history", "deadlines"] {
+        let cells: Vec<&str> = row(&status, name).split_whitespace().collect();
+        assert_eq!(&cells[..4], [name, "1", "yes", "live"], "{status}");
+        assert_eq!(cells[4], w.last.to_string(), "checkpoint:\n{status}");
+        assert_eq!(cells[cells.len() - 1], "-", "no error:\n{status}");
+    }
+
+    // No terminal: no progress bar, one summary line.
+    let rebuilt = w.cli(op, &["projections", "rebuild", "referrals"]).await.ok();
+    assert!(rebuilt.starts_with("rebuilt referrals: version 2 is active; "), "{rebuilt}");
+    assert_eq!(rebuilt.lines().count(), 1, "{rebuilt}");
+    let status = w.cli(op, &["projections", "status", "--json"]).await.json();
+    let referrals = versions(&status, "referrals");
+    assert_eq!(referrals.len(), 1, "the old version is dropped: {status:#}");
+    assert_eq!(referrals[0]["version"], 2);
+    assert_eq!(referrals[0]["active"], true);
+    assert_eq!(referrals[0]["checkpoint"]["commit"], w.last);
+    // The rebuilt view answers.
+    let inbox = w.cli(op, &["inbox", "--partner", A, "--json"]).await.json();
+    assert_eq!(ids(&inbox), set(&[&w.new_a]));
+
+    let rebuilt = w.cli(op, &["projections", "rebuild", "timeline", "--json"]).await.json();
+    assert_eq!(rebuilt["name"], "timeline");
+    assert_eq!(rebuilt["version"], 2);
+    assert_eq!(rebuilt["active"], true);
+    assert_eq!(rebuilt["events"], events, "{rebuilt:#}");
+    assert!(rebuilt["seconds"].as_f64().is_some() && rebuilt["events_per_second"].as_f64().is_some());
+
+    let started = w.cli(op, &["projections", "rebuild", "history", "--no-wait"]).await.ok();
+    assert!(started.contains("rebuilding history: version 2 started"), "{started}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = w.cli(op, &["projections", "status", "--json"]).await.json();
+        let history = versions(&status, "history");
+        if history.len() == 1 && history[0]["version"] == 2 && history[0]["active"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "history v2 never became active: {status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let retried = w.cli(op, &["projections", "retry", "deadlines"]).await.ok();
+    assert_eq!(retried.trim(), "deadlines was not failed; nothing to retry");
+    let retried = w.cli(op, &["projections", "retry", "deadlines", "--json"]).await.json();
+    assert_eq!(retried["was_failed"], false);
+
+    let unknown = w.cli(op, &["projections", "rebuild", "nope"]).await.failed();
+    assert!(
+        unknown.stderr.contains("NOT_FOUND") && unknown.stderr.contains("referrals, timeline"),
+        "{}",
+        unknown.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_work_offline_on_a_data_dir() {
+    let w = World::start().await;
+    let last = w.last;
+    let live = w.wait_until_live().await;
+    // Every projection reads the same events.
+    let events = versions(&live, "history")[0]["events_applied"].as_u64().expect("events_applied");
+    let dir: PathBuf = w.server.data_dir.path().to_path_buf();
+
+    // While a server holds the directory, offline mode is refused and says what to do.
+    let refused = cli(&["projections", "status", "--data-dir", path(&dir)]).await.failed();
+    assert!(
+        refused.stderr.contains("in use by another process") && refused.stderr.contains("without --data-dir"),
+        "{}",
+        refused.describe()
+    );
+
+    let data = w.server.stop_keeping_data().await;
+    let dir = data.path();
+    let missing = cli(&["projections", "status", "--data-dir", path(&dir.join("nothing-here"))]).await.failed();
+    assert!(missing.stderr.contains("holds no event store"), "{}", missing.describe());
+    assert!(!dir.join("nothing-here").exists(), "offline status must not create a data directory");
+
+    let status = cli(&["projections", "status", "--data-dir", path(dir)]).await.ok();
+    for name in ["referrals", "timeline", "history", "deadlines"] {
+        let cells: Vec<&str> = row(&status, name).split_whitespace().collect();
+        // Nothing runs offline; the checkpoints are where the server left them.
+        assert_eq!(&cells[..6], [name, "1", "yes", "stopped", &last.to_string(), &last.to_string()], "{status}");
+    }
+    assert!(status.contains("read offline from"), "{status}");
+
+    let rebuilt = cli(&["projections", "rebuild", "history", "--data-dir", path(dir)]).await.ok();
+    assert!(rebuilt.starts_with(&format!("rebuilt history: version 2 is active; {events} events in ")), "{rebuilt}");
+    let status = cli(&["projections", "status", "--data-dir", path(dir), "--json"]).await.json();
+    let history = versions(&status, "history");
+    assert_eq!(history.len(), 1, "{status:#}");
+    assert_eq!(history[0]["version"], 2);
+    assert_eq!(history[0]["active"], true);
+    assert_eq!(history[0]["checkpoint"]["commit"], last);
+    assert_eq!(history[0]["events_applied"], events);
+    assert_eq!(versions(&status, "referrals")[0]["version"], 1, "only history is rebuilt");
+
+    let rebuilt = cli(&["projections", "rebuild", "referrals", "--data-dir", path(dir), "--json"]).await.json();
+    assert_eq!(rebuilt["version"], 2);
+    assert_eq!(rebuilt["events"], events);
+
+    let retried = cli(&["projections", "retry", "timeline", "--data-dir", path(dir)]).await.ok();
+    assert_eq!(retried.trim(), "timeline was not failed; nothing to retry");
+    let no_wait = cli(&["projections", "rebuild", "timeline", "--data-dir", path(dir), "--no-wait"]).await.failed();
+    assert!(no_wait.stderr.contains("--no-wait"), "{}", no_wait.describe());
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// Appends an event that no projection can decode to the store of `dir`
+/// (which no server holds); returns its log position.
+async fn append_undecodable(dir: &Path) -> u64 {
+    use referral_domain::eventlog::{EventData, EventStore, ExpectedRevision, StreamName};
+    let store = referral_infra::store::SqliteEventStore::open(&dir.join(referral_infra::server::EVENTS_DB))
+        .expect("open the event store");
+    let stream = StreamName::new(format!("referral-{}", uuid::Uuid::new_v4())).expect("stream name");
+    let event = EventData {
+        id: uuid::Uuid::new_v4(),
+        event_type: "ReferralReceived".into(),
+        data: b"{\"not\": \"a referral\"}".to_vec(),
+        metadata: b"{}".to_vec(),
+    };
+    let result = store.append(&stream, ExpectedRevision::NoStream, vec![event]).await.expect("append");
+    drop(store);
+    result.position.commit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_projection_shows_where_it_stopped_and_retry_says_it_was_failed() {
+    let w = World::start().await;
+    let last = w.last;
+    w.wait_until_live().await;
+    let data = w.server.stop_keeping_data().await;
+    let dir = data.path();
+    let bad = append_undecodable(dir).await;
+
+    // The rebuild stops on the event and says where and what to do.
+    let failed = cli(&["projections", "rebuild", "history", "--data-dir", path(dir)]).await.failed();
+    assert!(
+        failed.stderr.contains(&format!("the rebuild of history (version 2) stopped at position {bad}: "))
+            && failed.stderr.contains("projections retry history"),
+        "{}",
+        failed.describe()
+    );
+
+    let status = cli(&["projections", "status", "--data-dir", path(dir)]).await.ok();
+    let rebuilding: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("history "))
+        .nth(1)
+        .expect("the failed version's row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&rebuilding[..4], ["history", "2", "no", "failed"], "{status}");
+    assert_eq!(rebuilding[9..11], ["at", "position"], "{status}");
+    assert_eq!(rebuilding[11], format!("{bad}:"), "{status}");
+    let status = cli(&["projections", "status", "--data-dir", path(dir), "--json"]).await.json();
+    let history = versions(&status, "history");
+    assert_eq!(history[1]["state"], "failed", "{status:#}");
+    assert_eq!(history[1]["failure"]["position"]["commit"], bad);
+    assert_eq!(history[1]["checkpoint"]["commit"], last, "the events before it are applied: {status:#}");
+    assert!(history[0]["failure"].is_null(), "the active version never saw the event: {status:#}");
+
+    let retried = cli(&["projections", "retry", "history", "--data-dir", path(dir)]).await.ok();
+    assert!(retried.starts_with("history was failed; it resumes from the event it failed on"), "{retried}");
+    assert!(retried.contains(&format!("cleared: version 2 at position {bad}: ")), "{retried}");
+    let status = cli(&["projections", "status", "--data-dir", path(dir), "--json"]).await.json();
+    assert!(versions(&status, "history")[1]["failure"].is_null(), "{status:#}");
+    let again = cli(&["projections", "retry", "history", "--data-dir", path(dir), "--json"]).await.json();
+    assert_eq!(again["was_failed"], false);
+
+    // Offline, a rebuild left unfinished is taken up again; the event still
+    // cannot be applied, so it stops on it again.
+    let resumed = cli(&["projections", "rebuild", "history", "--data-dir", path(dir)]).await.failed();
+    assert!(resumed.stderr.contains("an earlier run left version 2 of history unfinished"), "{}", resumed.describe());
+    assert!(resumed.stderr.contains(&format!("stopped at position {bad}")), "{}", resumed.describe());
+}
