@@ -49,6 +49,11 @@ impl Projection for TimelineProjection {
         &[TABLE]
     }
 
+    /// An ordinary table with the key as a unique index: rows carry the
+    /// event's JSON (often a kilobyte) and are appended in log order, and
+    /// only the small index entry lands at a random place. As a WITHOUT ROWID
+    /// table every row went to a random place in the key's b-tree, and a
+    /// rebuild of this projection was three to four times slower.
     fn create(&self, conn: &Connection, version: Version) -> rusqlite::Result<()> {
         let t = version.table(TABLE);
         conn.execute_batch(&format!(
