@@ -193,54 +193,39 @@ fn store(conn: &Connection, version: Version, row: &Cached) -> Result<(), ApplyE
     let t = version.table(TABLE);
     let (revision, commit, prepare) = (row.revision.0 as i64, row.position.commit as i64, row.position.prepare as i64);
     let columns = Columns::of(r);
-    let updated = match &row.stored {
-        Some(stored) if *stored == columns => conn
-            .prepare_cached(&format!(
-                "UPDATE {t} SET revision = ?2, position_commit = ?3, position_prepare = ?4, state = ?5
-                 WHERE referral = ?1"
-            ))?
-            .execute(params![r.id.to_string(), revision, commit, prepare, state])?,
-        Some(_) => conn
-            .prepare_cached(&format!(
-                "UPDATE {t} SET partner = ?2, region = ?3, location = ?4, list = ?5, status = ?6, sort_at = ?7,
-                     revision = ?8, position_commit = ?9, position_prepare = ?10, state = ?11
-                 WHERE referral = ?1"
-            ))?
-            .execute(params![
-                r.id.to_string(),
-                columns.partner,
-                columns.region,
-                columns.location,
-                columns.list,
-                columns.status,
-                columns.sort_at,
-                revision,
-                commit,
-                prepare,
-                state,
-            ])?,
-        None => 0,
-    };
-    if updated == 0 {
+    if row.stored.as_ref() == Some(&columns) {
         conn.prepare_cached(&format!(
-            "INSERT OR REPLACE INTO {t} (referral, partner, region, location, list, status, sort_at, revision,
-                 position_commit, position_prepare, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "UPDATE {t} SET revision = ?2, position_commit = ?3, position_prepare = ?4, state = ?5
+             WHERE referral = ?1"
         ))?
-        .execute(params![
-            r.id.to_string(),
-            columns.partner,
-            columns.region,
-            columns.location,
-            columns.list,
-            columns.status,
-            columns.sort_at,
-            revision,
-            commit,
-            prepare,
-            state,
-        ])?;
+        .execute(params![r.id.to_string(), revision, commit, prepare, state])?;
+        return Ok(());
     }
+    // An upsert updates a stored row in place (its index entries change
+    // only where its columns did) and inserts a new one.
+    conn.prepare_cached(&format!(
+        "INSERT INTO {t} (referral, partner, region, location, list, status, sort_at, revision,
+             position_commit, position_prepare, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (referral) DO UPDATE SET partner = excluded.partner, region = excluded.region,
+             location = excluded.location, list = excluded.list, status = excluded.status,
+             sort_at = excluded.sort_at, revision = excluded.revision,
+             position_commit = excluded.position_commit, position_prepare = excluded.position_prepare,
+             state = excluded.state"
+    ))?
+    .execute(params![
+        r.id.to_string(),
+        columns.partner,
+        columns.region,
+        columns.location,
+        columns.list,
+        columns.status,
+        columns.sort_at,
+        revision,
+        commit,
+        prepare,
+        state,
+    ])?;
     Ok(())
 }
 

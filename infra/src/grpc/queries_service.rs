@@ -10,7 +10,7 @@ use std::time::Duration;
 use referral_commands::{Actor, Clock, Role};
 use referral_domain::error::Violations;
 use referral_domain::eventlog::Position;
-use referral_domain::ids::PartnerId;
+use referral_domain::ids::{PartnerId, ReferralId};
 use referral_domain::referral::Status as ReferralStatus;
 use referral_domain::values::{Currency, Money, ReasonCode};
 use referral_projections::history::{Counts, PartnerHistory, ReasonCount};
@@ -99,6 +99,24 @@ impl QueriesService {
         self.wait(referrals::NAME, r.min_position.as_ref()).await?;
         let page = self.views.list(which, filter, page_size, r.page_token).await.map_err(view_status)?;
         Ok(Response::new(self.referral_page(page)))
+    }
+
+    /// The referral's row once the view has reached `min`, if `actor` may see it.
+    async fn visible_referral(
+        &self,
+        actor: &Actor,
+        id: ReferralId,
+        min: Option<&pb::LogPosition>,
+    ) -> Result<ReferralRow, Status> {
+        self.wait(referrals::NAME, min).await?;
+        let row = self
+            .views
+            .referral(id.to_string())
+            .await
+            .map_err(view_status)?
+            .ok_or_else(|| Status::not_found(format!("referral {id} is not in the views")))?;
+        check_access(actor, &row.referral.partner, &id.to_string())?;
+        Ok(row)
     }
 
     fn referral_page(&self, page: Page<ReferralRow>) -> pb::ListReferralsResponse {
@@ -283,14 +301,7 @@ impl ReferralQueries for QueriesService {
         let id = convert::referral_id(&r.referral_id, &mut v);
         finish(v).map_err(|list| invalid(&list))?;
         let id = id.ok_or_else(|| Status::invalid_argument("referral_id is required"))?;
-        self.wait(referrals::NAME, r.min_position.as_ref()).await?;
-        let row = self
-            .views
-            .referral(id.to_string())
-            .await
-            .map_err(view_status)?
-            .ok_or_else(|| Status::not_found(format!("referral {id} is not in the views")))?;
-        check_access(&actor, &row.referral.partner, &r.referral_id)?;
+        let row = self.visible_referral(&actor, id, r.min_position.as_ref()).await?;
         Ok(Response::new(convert::referral_to_pb(&row.referral, row.revision.0, Some(row.position), self.clock.now())))
     }
 
@@ -306,16 +317,8 @@ impl ReferralQueries for QueriesService {
         finish(v).map_err(|list| invalid(&list))?;
         let id = id.ok_or_else(|| Status::invalid_argument("referral_id is required"))?;
         self.wait(timeline::NAME, r.min_position.as_ref()).await?;
-        // The referral's owner comes from the referrals view: a timeline is
-        // shown only to those who may see the referral.
-        self.wait(referrals::NAME, r.min_position.as_ref()).await?;
-        let row = self
-            .views
-            .referral(id.to_string())
-            .await
-            .map_err(view_status)?
-            .ok_or_else(|| Status::not_found(format!("referral {id} is not in the views")))?;
-        check_access(&actor, &row.referral.partner, &r.referral_id)?;
+        // A timeline is shown only to those who may see the referral.
+        self.visible_referral(&actor, id, r.min_position.as_ref()).await?;
         let page = self.views.timeline(id.to_string(), page_size, r.page_token).await.map_err(view_status)?;
         Ok(Response::new(pb::GetTimelineResponse {
             referral_id: id.to_string(),
