@@ -42,9 +42,13 @@ impl Projection for DeadlinesProjection {
                 referral TEXT PRIMARY KEY,
                 partner TEXT NOT NULL,
                 expires_at INTEGER NOT NULL
-            );
-            CREATE INDEX {t}_by_time ON {t} (expires_at, referral);"
+            );"
         ))
+    }
+
+    fn indexes(&self, version: Version) -> Vec<String> {
+        let t = version.table(TABLE);
+        vec![format!("CREATE INDEX IF NOT EXISTS {t}_by_time ON {t} (expires_at, referral)")]
     }
 
     fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {

@@ -340,9 +340,6 @@ impl Projection for HistoryProjection {
                 response_seconds INTEGER,
                 features TEXT NOT NULL
             );
-            CREATE INDEX {r}_response ON {r} (partner, response_seconds) WHERE response_seconds IS NOT NULL;
-            CREATE INDEX {r}_region_response ON {r} (partner, region, response_seconds)
-                WHERE response_seconds IS NOT NULL;
             CREATE TABLE {s} (
                 partner TEXT NOT NULL, region TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL,
                 received INTEGER NOT NULL, accepted INTEGER NOT NULL, declined INTEGER NOT NULL,
@@ -362,9 +359,23 @@ impl Projection for HistoryProjection {
                 minor_units INTEGER NOT NULL,
                 closed_on TEXT NOT NULL,
                 reported_at INTEGER NOT NULL
-            );
-            CREATE INDEX {d}_by_partner ON {d} (partner, reported_at);"
+            );"
         ))
+    }
+
+    fn indexes(&self, version: Version) -> Vec<String> {
+        let (r, d) = (version.table(REFERRALS), version.table(DEALS));
+        vec![
+            format!(
+                "CREATE INDEX IF NOT EXISTS {r}_response ON {r} (partner, response_seconds)
+                 WHERE response_seconds IS NOT NULL"
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {r}_region_response ON {r} (partner, region, response_seconds)
+                 WHERE response_seconds IS NOT NULL"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {d}_by_partner ON {d} (partner, reported_at)"),
+        ]
     }
 
     fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {

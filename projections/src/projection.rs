@@ -88,10 +88,25 @@ pub trait Projection: Send + Sync + 'static {
     fn schema(&self) -> u32;
     /// Base names of the projection's tables (without the version suffix).
     fn tables(&self) -> &'static [&'static str];
-    /// Creates the tables of `version`.
+    /// Creates the tables of `version`, without their secondary indexes.
     fn create(&self, conn: &Connection, version: Version) -> rusqlite::Result<()>;
+    /// The secondary indexes of `version`'s tables, as `CREATE INDEX IF NOT
+    /// EXISTS` statements. A live version has them from the start; a rebuild
+    /// creates them once it has caught up, just before the swap, so that
+    /// loading the whole log does not maintain them row by row.
+    fn indexes(&self, _version: Version) -> Vec<String> {
+        Vec::new()
+    }
     /// Applies `events` (in log order) to the tables of `version`.
     fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError>;
+}
+
+/// Creates the secondary indexes of `version` (those that do not exist yet).
+pub fn create_indexes(conn: &Connection, projection: &dyn Projection, version: Version) -> rusqlite::Result<()> {
+    for statement in projection.indexes(version) {
+        conn.execute_batch(&statement)?;
+    }
+    Ok(())
 }
 
 /// Drops the tables of `version`.

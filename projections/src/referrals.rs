@@ -257,11 +257,17 @@ impl Projection for ReferralsProjection {
                 position_commit INTEGER NOT NULL,
                 position_prepare INTEGER NOT NULL,
                 state TEXT NOT NULL
-            );
-            CREATE INDEX {t}_by_partner ON {t} (partner, list, sort_at, referral);
-            CREATE INDEX {t}_by_region ON {t} (partner, list, region, sort_at, referral);
-            CREATE INDEX {t}_by_list ON {t} (list, sort_at, referral);"
+            );"
         ))
+    }
+
+    fn indexes(&self, version: Version) -> Vec<String> {
+        let t = version.table(TABLE);
+        vec![
+            format!("CREATE INDEX IF NOT EXISTS {t}_by_partner ON {t} (partner, list, sort_at, referral)"),
+            format!("CREATE INDEX IF NOT EXISTS {t}_by_region ON {t} (partner, list, region, sort_at, referral)"),
+            format!("CREATE INDEX IF NOT EXISTS {t}_by_list ON {t} (list, sort_at, referral)"),
+        ]
     }
 
     fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {

@@ -16,10 +16,11 @@
 //!   position and the error are stored, the events before it in the batch are
 //!   committed, and nothing after it is applied until `retry`.
 //! * A rebuild creates the next version's tables and fills them from position
-//!   0 while the current version keeps answering queries. Once the new version
-//!   has caught up (and is at least as far as the current one) one transaction
-//!   makes it active and drops the old tables; the old worker notices at its
-//!   next batch and stops.
+//!   0 while the current version keeps answering queries, in larger batches
+//!   and without secondary indexes. Once the new version has caught up (and is
+//!   at least as far as the current one) its indexes are built, and one
+//!   transaction makes it active and drops the old tables; the old worker
+//!   notices at its next batch and stops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::db::{self, ViewDb};
-use crate::projection::{drop_tables, BatchError, ProjectedEvent, Projection, Version};
+use crate::projection::{create_indexes, drop_tables, BatchError, ProjectedEvent, Projection, Version};
 use crate::ViewError;
 
 /// Tuning of the runner.
@@ -43,13 +44,17 @@ use crate::ViewError;
 pub struct RunnerOptions {
     /// Most events applied in one transaction.
     pub batch_size: usize,
+    /// Most events applied in one transaction while a version is being
+    /// rebuilt: larger, because nobody waits for a rebuild's checkpoint and
+    /// projections that aggregate per batch write far fewer rows.
+    pub rebuild_batch_size: usize,
     /// Decoded events buffered between the feeder and the applier.
     pub buffer: usize,
 }
 
 impl Default for RunnerOptions {
     fn default() -> Self {
-        RunnerOptions { batch_size: 2_000, buffer: 8_192 }
+        RunnerOptions { batch_size: 2_000, rebuild_batch_size: 5_000, buffer: 1_024 }
     }
 }
 
@@ -188,6 +193,7 @@ impl Projector {
                         None => {
                             db::insert_version(tx, p.name(), 1, p.schema(), true)?;
                             p.create(tx, Version(1))?;
+                            create_indexes(tx, p.as_ref(), Version(1))?;
                             Ok(None)
                         }
                     }
@@ -574,6 +580,10 @@ const WAL_AUTOCHECKPOINT: i64 = 1_000;
 /// WAL grows to about 40 MB before it is checkpointed.
 const REBUILD_WAL_AUTOCHECKPOINT: i64 = 10_000;
 
+/// How long a catching-up applier waits for its batch to fill before it
+/// commits what it has, so a slow log still moves the checkpoint.
+const BATCH_FILL_TIME: Duration = Duration::from_millis(200);
+
 fn apply_loop(
     shared: &Shared,
     projection: &dyn Projection,
@@ -592,11 +602,14 @@ fn apply_loop(
         }
     }
     let mut caught_up = false;
-    let mut batch: Vec<ProjectedEvent> = Vec::with_capacity(shared.options.batch_size);
+    let mut batch: Vec<ProjectedEvent> = Vec::new();
+    let runtime = tokio::runtime::Handle::current();
     loop {
         let Some(first) = rx.blocking_recv() else { return Ended::Closed };
+        let limit = if rebuilding { shared.options.rebuild_batch_size } else { shared.options.batch_size };
         let mut stop = None;
         let mut next = Some(first);
+        let fill_until = tokio::time::Instant::now() + BATCH_FILL_TIME;
         while let Some(item) = next.take() {
             match item {
                 Feed::Event(e) => batch.push(*e),
@@ -606,8 +619,15 @@ fn apply_loop(
                     break;
                 }
             }
-            if batch.len() < shared.options.batch_size {
-                next = rx.try_recv().ok();
+            if batch.len() < limit {
+                // Catching up, a batch waits (briefly) to be full: the
+                // events are already in the log. Live, it takes what has
+                // arrived.
+                next = match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(_) if caught_up => None,
+                    Err(_) => runtime.block_on(tokio::time::timeout_at(fill_until, rx.recv())).ok().flatten(),
+                };
             }
         }
         if !batch.is_empty() {
@@ -643,6 +663,9 @@ fn apply_loop(
             if !rebuilding {
                 shared.set_state(name, version, RunState::Live);
             } else if rx.is_empty() {
+                if let Err(e) = shared.db.write(&mut conn, |tx| create_indexes(tx, projection, version)) {
+                    return Ended::Transient(e.to_string());
+                }
                 match swap_in(&shared.db, &mut conn, projection, version) {
                     Ok(Some(checkpoint)) => {
                         tracing::info!(projection = name, version = version.0, "rebuild finished; now active");
@@ -783,6 +806,7 @@ fn swap_in(
                 db::delete_version(tx, name, current)?;
             }
         }
+        create_indexes(tx, projection, version)?;
         db::activate(tx, name, version.0)?;
         Ok(Some(me.checkpoint))
     })

@@ -27,10 +27,12 @@ use referral_domain::referral::{
 };
 use referral_domain::values::{ContactInput, Money, ReasonCode, SizeBand};
 use referral_infra::store::SqliteEventStore;
-use referral_projections::referrals::{List, ListFilter};
+use referral_projections::history::HistoryProjection;
+use referral_projections::referrals::{List, ListFilter, ReferralsProjection};
 use referral_projections::runner::projected_streams;
 use referral_projections::{
-    all_projections, db, Projector, RunState, RunnerOptions, VersionStatus, ViewDb, ViewError, Views,
+    all_projections, db, Projection, Projector, RunState, RunnerOptions, Version, VersionStatus, ViewDb, ViewError,
+    Views,
 };
 use referral_tests::test_epoch;
 use tokio::sync::watch;
@@ -286,7 +288,7 @@ where
 // ---------------------------------------------------------------------------
 
 fn small_batches() -> RunnerOptions {
-    RunnerOptions { batch_size: 64, buffer: 256 }
+    RunnerOptions { batch_size: 64, rebuild_batch_size: 64, buffer: 256 }
 }
 
 async fn open_projector(store: Arc<dyn EventStore>, dir: &Path, options: RunnerOptions) -> Projector {
@@ -337,9 +339,18 @@ async fn projected_log(store: &Arc<dyn EventStore>) -> Vec<RecordedEvent> {
 }
 
 fn table_names(db: &ViewDb) -> Vec<String> {
+    schema_names(db, "table")
+}
+
+/// The secondary indexes (not those SQLite makes for primary keys).
+fn index_names(db: &ViewDb) -> Vec<String> {
+    schema_names(db, "index").into_iter().filter(|n| !n.starts_with("sqlite_autoindex")).collect()
+}
+
+fn schema_names(db: &ViewDb, kind: &str) -> Vec<String> {
     let conn = db.connect().unwrap();
-    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
-    let names = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = ?1 ORDER BY name").unwrap();
+    let names = stmt.query_map([kind], |r| r.get::<_, String>(0)).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
     names
 }
 
@@ -568,6 +579,11 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
     for table in ["history_stats_v1", "history_stats_v2", "referrals_v1", "referrals_v2"] {
         assert!(tables.contains(&table.to_string()), "{table} in {tables:?}");
     }
+    // The versions being built load their rows without secondary indexes;
+    // the live ones have theirs.
+    let indexes = index_names(projector.db());
+    assert!(indexes.contains(&"referrals_v1_by_partner".to_string()), "{indexes:?}");
+    assert!(!indexes.iter().any(|i| i.contains("_v2_")), "{indexes:?}");
 
     // Open the gate: the new versions catch up and take over.
     gate.release();
@@ -595,6 +611,15 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
         assert!(tables.contains(&table.to_string()), "{table} in {tables:?}");
     }
     assert!(tables.contains(&"timeline_v1".to_string()) && tables.contains(&"deadlines_v1".to_string()));
+    // Swapped in with every secondary index the projections declare.
+    let indexes = index_names(projector.db());
+    for p in [&HistoryProjection as &dyn Projection, &ReferralsProjection] {
+        for statement in p.indexes(Version(2)) {
+            let name = statement.split_whitespace().nth(5).unwrap();
+            assert!(indexes.contains(&name.to_string()), "{name} in {indexes:?}");
+        }
+    }
+    assert!(!indexes.iter().any(|i| i.contains("_v1_") && !i.starts_with("deadlines")), "{indexes:?}");
 
     // The new versions hold the log's truth, including the event written mid-rebuild.
     let rebuilt = views.history(A.into(), None).await.unwrap().counts;

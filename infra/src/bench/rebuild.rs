@@ -348,9 +348,9 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
         notes.push("the kernel refused to reset VmHWM: each phase's peak includes the phases before it".into());
     }
     notes.push(format!(
-        "runner options: batch_size {}, buffer {}; one worker (feeder and applier) per projection, their write \
+        "runner options: rebuild_batch_size {}, buffer {}; one worker (feeder and applier) per projection, their write \
          transactions take turns on the view database",
-        options.batch_size, options.buffer
+        options.rebuild_batch_size, options.buffer
     ));
     let headline_seconds = rows.last().and_then(|r| r.seconds).unwrap_or(0.0);
     let mut report = BenchReport::new("rebuild", "events/s", BASELINE, headline_seconds, rows);

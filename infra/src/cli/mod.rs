@@ -89,7 +89,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
     /// For `rebuild`: events the projection runner applies per transaction
-    /// (the runner's default when absent).
+    /// while rebuilding (the runner's default when absent).
     #[arg(long)]
     batch_size: Option<usize>,
     /// For `queries`: referrals in the views.
@@ -219,7 +219,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
         "rebuild" => {
             let mut options = referral_projections::RunnerOptions::default();
             if let Some(size) = args.batch_size {
-                options.batch_size = size.max(1);
+                options.rebuild_batch_size = size.max(1);
             }
             crate::bench::rebuild::bench_rebuild(&dir, args.events, options).await.map_err(|e| e.to_string())
         }

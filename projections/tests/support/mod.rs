@@ -295,6 +295,7 @@ impl Log {
 pub fn register_version(conn: &Connection, projection: &dyn Projection, version: u32, active: bool) {
     db::insert_version(conn, projection.name(), version, projection.schema(), active).expect("register version");
     projection.create(conn, Version(version)).expect("create tables");
+    referral_projections::projection::create_indexes(conn, projection, Version(version)).expect("create indexes");
 }
 
 /// A view database at `path` with version 1 of every projection, active, and

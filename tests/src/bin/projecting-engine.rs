@@ -277,7 +277,7 @@ async fn main() -> ExitCode {
         Err(e) => fail(format!("cannot open the event store: {e}")),
     };
     let db = ViewDb::open(&dir.join("views.db")).unwrap_or_else(|e| fail(format!("cannot open the views: {e}")));
-    let options = RunnerOptions { batch_size, ..RunnerOptions::default() };
+    let options = RunnerOptions { batch_size, rebuild_batch_size: batch_size, ..RunnerOptions::default() };
     let projector = Projector::open(store.clone(), db.clone(), all_projections(), options)
         .await
         .unwrap_or_else(|e| fail(format!("cannot open the projector: {e}")));
