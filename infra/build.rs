@@ -11,7 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [proto_root.join("referrals/v1/referrals.proto")];
     tonic_build::configure()
         .file_descriptor_set_path(out_dir.join("referrals_descriptor.bin"))
-        .compile_protos(&protos, &[proto_root.clone(), include])?;
+        .compile_protos(&protos, &[proto_root.clone(), include.clone()])?;
+    // EventStoreDB's protocol, for the compatible node.
+    let esdb = proto_root.join("esdb");
+    tonic_build::configure()
+        .file_descriptor_set_path(out_dir.join("esdb_descriptor.bin"))
+        .compile_protos(&[esdb.join("streams.proto"), esdb.join("serverfeatures.proto")], &[esdb.clone(), include])?;
     println!("cargo:rerun-if-changed=../proto");
     Ok(())
 }

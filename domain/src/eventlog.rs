@@ -50,6 +50,39 @@ impl StreamName {
         Ok(Self(name))
     }
 
+    /// A system stream's name, such as the `$$<stream>` metadata stream a
+    /// delete writes to. Stores write system streams and `$all` readers may
+    /// ask to see them ([`AllFilter::system_streams`]); the engine never
+    /// appends to them.
+    pub fn system(name: impl Into<String>) -> Result<Self, InvalidStreamName> {
+        let name = name.into();
+        if !name.starts_with('$') {
+            return Err(InvalidStreamName { name, reason: "does not start with '$' (system streams do)" });
+        }
+        if name.len() > MAX_STREAM_NAME_LEN + 2 {
+            return Err(InvalidStreamName { name, reason: "is longer than 258 bytes" });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(InvalidStreamName { name, reason: "contains a control character" });
+        }
+        Ok(Self(name))
+    }
+
+    /// A name as a store has it: an ordinary stream's or a system stream's.
+    pub fn stored(name: impl Into<String>) -> Result<Self, InvalidStreamName> {
+        let name = name.into();
+        if name.starts_with('$') {
+            Self::system(name)
+        } else {
+            Self::new(name)
+        }
+    }
+
+    /// Whether this is a system stream (a leading `$`).
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with('$')
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -246,11 +279,14 @@ pub enum AllStart {
 /// Which events an `$all` read or subscription delivers.
 ///
 /// Empty prefix lists mean "everything". System streams (leading `$`) are
-/// never delivered.
+/// delivered only with `system_streams`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct AllFilter {
     pub stream_prefixes: Vec<String>,
     pub event_type_prefixes: Vec<String>,
+    /// Also deliver events of system streams (delete markers in `$$<stream>`),
+    /// as EventStoreDB's unfiltered `$all` does.
+    pub system_streams: bool,
 }
 
 impl AllFilter {
@@ -259,11 +295,16 @@ impl AllFilter {
     }
 
     pub fn streams_starting_with(prefixes: &[&str]) -> AllFilter {
-        AllFilter { stream_prefixes: prefixes.iter().map(|p| p.to_string()).collect(), event_type_prefixes: Vec::new() }
+        AllFilter { stream_prefixes: prefixes.iter().map(|p| p.to_string()).collect(), ..AllFilter::default() }
+    }
+
+    /// Every event, those of system streams included.
+    pub fn with_system_streams() -> AllFilter {
+        AllFilter { system_streams: true, ..AllFilter::default() }
     }
 
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
-        if stream.starts_with('$') {
+        if stream.starts_with('$') && !self.system_streams {
             return false;
         }
         let stream_ok =

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod esdb;
 pub mod grpc;
 pub mod server;
 pub mod store;

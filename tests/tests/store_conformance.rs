@@ -1,6 +1,8 @@
 //! The `EventStore` port's EventStoreDB semantics, checked once and run
-//! against every backend: each case appears as `sqlite::<case>` and
-//! `memory::<case>`.
+//! against every backend: each case appears as `sqlite::<case>`,
+//! `sqlite_eager_index::<case>`, `memory::<case>` and `esdb::<case>` (the
+//! EventStoreDB adapter talking over gRPC to the project's EventStoreDB-
+//! compatible node, itself over a fresh embedded store).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use referral_domain::eventlog::{
     RecordedEvent, StoreError, StreamName, StreamRevision, StreamStart, Subscription, SubscriptionMessage,
     SubscriptionStart,
 };
-use referral_infra::store::{InMemoryEventStore, SqliteEventStore, SqliteOptions};
+use referral_infra::store::{EsdbEventStore, InMemoryEventStore, SqliteEventStore, SqliteOptions};
 use uuid::Uuid;
 
 type Store = Arc<dyn EventStore>;
@@ -23,21 +25,23 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a subscription must stay silent when nothing is due.
 const QUIET_PERIOD: Duration = Duration::from_millis(200);
 
-/// A backend under test; the directory lives as long as the store.
+/// A backend under test; the directory (and the node, if any) lives as long
+/// as the store.
 struct Backend {
     store: Store,
     _dir: Option<tempfile::TempDir>,
+    _node: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Backend {
     fn memory() -> Backend {
-        Backend { store: Arc::new(InMemoryEventStore::new()), _dir: None }
+        Backend { store: Arc::new(InMemoryEventStore::new()), _dir: None, _node: None }
     }
 
     fn sqlite() -> Backend {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = SqliteEventStore::open(&dir.path().join("events.db")).expect("open sqlite store");
-        Backend { store: Arc::new(store), _dir: Some(dir) }
+        Backend { store: Arc::new(store), _dir: Some(dir), _node: None }
     }
 
     /// SQLite writing its per-stream index to disk after every few events,
@@ -46,7 +50,23 @@ impl Backend {
         let dir = tempfile::tempdir().expect("temporary directory");
         let options = SqliteOptions { index_flush: 3, ..SqliteOptions::default() };
         let store = SqliteEventStore::open_with(&dir.path().join("events.db"), options).expect("open sqlite store");
-        Backend { store: Arc::new(store), _dir: Some(dir) }
+        Backend { store: Arc::new(store), _dir: Some(dir), _node: None }
+    }
+}
+
+impl Backend {
+    /// The EventStoreDB adapter against a compatible node on a loopback port.
+    async fn esdb() -> Backend {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let inner: Store = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).expect("open sqlite store"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(referral_infra::esdb::node::run(inner, listener, async {
+            let _ = stopped.await;
+        }));
+        let store = EsdbEventStore::connect(&format!("esdb://{addr}?tls=false")).expect("connect the adapter");
+        Backend { store: Arc::new(store), _dir: Some(dir), _node: Some(stop) }
     }
 }
 
@@ -57,6 +77,16 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let backend = super::Backend::memory();
+                    super::run(super::$case(backend.store.clone())).await;
+                }
+            )*
+        }
+
+        mod esdb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = super::Backend::esdb().await;
                     super::run(super::$case(backend.store.clone())).await;
                 }
             )*
@@ -640,13 +670,16 @@ async fn read_all_filters(store: Store) {
     assert_eq!(read, only(&|e| e.stream.as_str() != "referral-1"));
 
     let partner_types =
-        AllFilter { stream_prefixes: Vec::new(), event_type_prefixes: vec!["Partner".into(), "ReferralAcc".into()] };
+        AllFilter { event_type_prefixes: vec!["Partner".into(), "ReferralAcc".into()], ..AllFilter::default() };
     let read = read_all(&store, Direction::Forwards, AllStart::Start, &partner_types, usize::MAX).await;
     assert_eq!(read, only(&|e| e.event_type.starts_with("Partner") || e.event_type == "ReferralAccepted"));
     assert_eq!(read.len(), 3);
 
-    let both =
-        AllFilter { stream_prefixes: vec!["referral-1".into()], event_type_prefixes: vec!["ReferralCreated".into()] };
+    let both = AllFilter {
+        stream_prefixes: vec!["referral-1".into()],
+        event_type_prefixes: vec!["ReferralCreated".into()],
+        ..AllFilter::default()
+    };
     let read = read_all(&store, Direction::Backwards, AllStart::End, &both, usize::MAX).await;
     let mut expected = only(&|e| e.stream.as_str() == "referral-1" && e.event_type == "ReferralCreated");
     expected.reverse();
@@ -695,7 +728,7 @@ async fn system_streams_never_in_read_all(store: Store) {
         assert!(read.iter().any(|e| e.position == after.position));
         let system = AllFilter::streams_starting_with(&["$"]);
         assert!(read_all(&store, direction, from, &system, usize::MAX).await.is_empty());
-        let types = AllFilter { stream_prefixes: Vec::new(), event_type_prefixes: vec!["$".into()] };
+        let types = AllFilter { event_type_prefixes: vec!["$".into()], ..AllFilter::default() };
         assert!(read_all(&store, direction, from, &types, usize::MAX).await.is_empty());
     }
     // A read starting exactly at a delete record skips it.
@@ -776,7 +809,7 @@ async fn subscription_applies_filter(store: Store) {
     append(&store, "partner-1", ExpectedRevision::NoStream, &events("PartnerRegistered", 1)).await;
     let filter = AllFilter::streams_starting_with(&["partner-"]);
     let mut partners = subscribe(&store, SubscriptionStart::Start, filter).await;
-    let by_type = AllFilter { stream_prefixes: Vec::new(), event_type_prefixes: vec!["ReferralAcc".into()] };
+    let by_type = AllFilter { event_type_prefixes: vec!["ReferralAcc".into()], ..AllFilter::default() };
     let mut accepted = subscribe(&store, SubscriptionStart::Start, by_type).await;
 
     let first = next_event(&mut partners).await;

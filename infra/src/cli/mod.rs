@@ -44,6 +44,18 @@ enum Command {
     /// Operate the projections: status, rebuild, retry (a server's, or offline with --data-dir).
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
+    /// Serve EventStoreDB's gRPC protocol over an embedded store (an insecure single node).
+    EsdbNode(EsdbNodeArgs),
+}
+
+#[derive(Args)]
+struct EsdbNodeArgs {
+    /// Where the node keeps its events.
+    #[arg(long, default_value = "./esdb-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (EventStoreDB's usual port by default).
+    #[arg(long, default_value = "127.0.0.1:2113")]
+    listen: SocketAddr,
 }
 
 #[derive(Args)]
@@ -136,8 +148,31 @@ pub fn main() -> ExitCode {
             Command::Client(command) => client::run(command).await,
             Command::Queries(command) => queries::run(command).await,
             Command::Projections(command) => projections::run(command).await,
+            Command::EsdbNode(args) => esdb_node(args).await,
         }
     })
+}
+
+async fn esdb_node(args: EsdbNodeArgs) -> ExitCode {
+    let result = async {
+        let store = server::open_embedded_store(&args.data_dir).map_err(|e| e.to_string())?;
+        let listener = server::bind(args.listen).await.map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!(
+            "EventStoreDB-compatible node listening on {addr} (data in {}); connect with esdb://{addr}?tls=false",
+            args.data_dir.display()
+        );
+        crate::esdb::node::run(store, listener, server::shutdown_signal()).await.map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {

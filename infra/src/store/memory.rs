@@ -77,7 +77,7 @@ impl Log {
 
     fn recorded(&self, position: u64) -> Option<RecordedEvent> {
         let row = self.row(position);
-        let stream = StreamName::new(row.stream.clone()).ok()?;
+        let stream = StreamName::stored(row.stream.clone()).ok()?;
         Some(RecordedEvent {
             stream,
             revision: StreamRevision(row.revision),

@@ -266,7 +266,7 @@ fn recorded_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, Store
     let stream: String = row.get(1)?;
     let id: [u8; 16] = row.get(3)?;
     let created_us: i64 = row.get(7)?;
-    let stream = match StreamName::new(stream) {
+    let stream = match StreamName::stored(stream) {
         Ok(s) => s,
         Err(e) => return Ok(Err(StoreError::Backend(format!("event at position {position}: {e}")))),
     };
@@ -291,8 +291,8 @@ struct Scan {
     last_position: Option<i64>,
 }
 
-/// Runs a query whose rows are events and keeps those `keep` accepts
-/// (system streams never pass), until `max` are kept.
+/// Runs a query whose rows are events and keeps those `keep` accepts, until
+/// `max` are kept.
 fn collect_events(
     conn: &Connection,
     sql: &str,
@@ -308,7 +308,7 @@ fn collect_events(
         scan.last_position = Some(row.get(0).map_err(backend)?);
         let stream = row.get_ref(1).map_err(backend)?.as_str().map_err(|e| StoreError::Backend(e.to_string()))?;
         let event_type = row.get_ref(4).map_err(backend)?.as_str().map_err(|e| StoreError::Backend(e.to_string()))?;
-        if stream.starts_with('$') || !keep(stream, event_type) {
+        if !keep(stream, event_type) {
             continue;
         }
         scan.events.push(recorded_event(row).map_err(backend)??);
