@@ -5,13 +5,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use referral_domain::eventlog::{EventData, EventStore, ExpectedRevision, StreamName};
+use referral_domain::eventlog::{
+    AllFilter, EventData, EventStore, ExpectedRevision, StreamName, SubscriptionMessage, SubscriptionStart,
+};
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-use super::driver::{drive, Worker};
+use super::driver::{drive, Measured, Worker};
 use super::{BenchError, BenchReport, BenchRow, WRITER_COUNTS};
-use crate::store::{plain_connection, SqliteEventStore, INSERT_EVENT};
+use crate::store::{plain_connection, EsdbEventStore, SqliteEventStore, INSERT_EVENT};
 
 const BASELINE: &str = "plain SQLite loop, same schema and pragmas (WAL, synchronous=FULL): one transaction and one fsync per append, writers take turns";
 
@@ -38,7 +40,7 @@ fn payload() -> (Vec<u8>, Vec<u8>) {
 }
 
 struct StoreWorker {
-    store: Arc<SqliteEventStore>,
+    store: Arc<dyn EventStore>,
     stream: StreamName,
     expected: ExpectedRevision,
     data: Vec<u8>,
@@ -124,6 +126,21 @@ impl Worker for PlainWorker {
     }
 }
 
+/// A row of the writers table: the engine beside the baseline.
+fn writers_row(writers: usize, engine: &Measured, baseline: &Measured) -> BenchRow {
+    BenchRow {
+        writers,
+        value: engine.per_second,
+        baseline: baseline.per_second,
+        ratio: engine.per_second / baseline.per_second.max(f64::MIN_POSITIVE),
+        p50_us: engine.p50_us,
+        p99_us: engine.p99_us,
+        baseline_p50_us: baseline.p50_us,
+        baseline_p99_us: baseline.p99_us,
+        ..Default::default()
+    }
+}
+
 /// Measures the store's durable appends/s at 1, 16 and 64 writers, each
 /// beside the plain-SQLite baseline.
 pub async fn bench_append(dir: &Path, duration: Duration) -> Result<BenchReport, BenchError> {
@@ -140,7 +157,7 @@ pub async fn bench_append(dir: &Path, duration: Duration) -> Result<BenchReport,
                 let stream =
                     StreamName::new(format!("bench-{round}-{w}")).map_err(|e| BenchError::Setup(e.to_string()))?;
                 Ok(Box::new(StoreWorker {
-                    store: store.clone(),
+                    store: store.clone() as Arc<dyn EventStore>,
                     stream,
                     expected: ExpectedRevision::NoStream,
                     data: data.clone(),
@@ -162,17 +179,124 @@ pub async fn bench_append(dir: &Path, duration: Duration) -> Result<BenchReport,
             })
             .collect();
         let baseline = drive(baseline_workers, duration).await?;
-        rows.push(BenchRow {
-            writers,
-            value: engine.per_second,
-            baseline: baseline.per_second,
-            ratio: engine.per_second / baseline.per_second.max(f64::MIN_POSITIVE),
-            p50_us: engine.p50_us,
-            p99_us: engine.p99_us,
-            baseline_p50_us: baseline.p50_us,
-            baseline_p99_us: baseline.p99_us,
-            ..Default::default()
-        });
+        rows.push(writers_row(writers, &engine, &baseline));
     }
     Ok(BenchReport::new("append", "durable appends/s", BASELINE, duration.as_secs_f64(), rows))
+}
+
+/// Which EventStoreDB `bench append --store` measures.
+pub enum EsdbTarget {
+    /// A compatible node started in this process over a fresh embedded
+    /// store, on a loopback port (`--store esdb-node`).
+    InProcessNode,
+    /// A running server (`--store esdb://host:port?tls=false`).
+    Server(String),
+}
+
+const ESDB_BASELINE: &str =
+    "the embedded SQLite store in this process, same workers and events: the ratio is the cost \
+                             of going through the EventStoreDB client, gRPC and the server";
+
+fn workers(store: &Arc<dyn EventStore>, round: &str, writers: usize) -> Result<Vec<Box<dyn Worker>>, BenchError> {
+    let (data, metadata) = payload();
+    (0..writers)
+        .map(|w| {
+            let stream = StreamName::new(format!("bench-{round}-{w}-{}", Uuid::new_v4().simple()))
+                .map_err(|e| BenchError::Setup(e.to_string()))?;
+            Ok(Box::new(StoreWorker {
+                store: store.clone(),
+                stream,
+                expected: ExpectedRevision::NoStream,
+                data: data.clone(),
+                metadata: metadata.clone(),
+            }) as Box<dyn Worker>)
+        })
+        .collect()
+}
+
+/// Subscribes to `$all` from the start and counts events until caught up;
+/// answers (events, seconds).
+async fn catch_up(store: &Arc<dyn EventStore>) -> Result<(u64, f64), BenchError> {
+    let operation = |e: String| BenchError::Operation(e);
+    let began = std::time::Instant::now();
+    let mut subscription = store
+        .subscribe_all(SubscriptionStart::Start, AllFilter::everything())
+        .await
+        .map_err(|e| operation(e.to_string()))?;
+    let mut events = 0u64;
+    loop {
+        match subscription.next().await.map_err(|e| operation(e.to_string()))? {
+            SubscriptionMessage::Event(e) => {
+                std::hint::black_box(&e);
+                events += 1;
+            }
+            SubscriptionMessage::CaughtUp => return Ok((events, began.elapsed().as_secs_f64())),
+        }
+    }
+}
+
+/// Durable appends/s through the EventStoreDB adapter at 1, 16 and 64
+/// writers, then a `$all` catch-up read, each beside the embedded store in
+/// the same run.
+pub async fn bench_append_esdb(dir: &Path, duration: Duration, target: EsdbTarget) -> Result<BenchReport, BenchError> {
+    let setup = |e: String| BenchError::Setup(e);
+    let mut notes = Vec::new();
+    let (connection, _node) = match target {
+        EsdbTarget::Server(connection) => {
+            notes.push(format!("EventStoreDB at {connection}"));
+            (connection, None)
+        }
+        EsdbTarget::InProcessNode => {
+            let inner: Arc<dyn EventStore> =
+                Arc::new(SqliteEventStore::open(&dir.join("append-esdb-node.db")).map_err(|e| setup(e.to_string()))?);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| setup(e.to_string()))?;
+            let addr = listener.local_addr().map_err(|e| setup(e.to_string()))?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(crate::esdb::node::run(inner, listener, async {
+                let _ = stopped.await;
+            }));
+            notes.push(format!(
+                "the project's EventStoreDB-compatible node in this process on {addr}, over its own embedded store \
+                 (client and node share the machine's cores)"
+            ));
+            (format!("esdb://{addr}?tls=false"), Some(stop))
+        }
+    };
+    let esdb: Arc<dyn EventStore> = Arc::new(EsdbEventStore::connect(&connection).map_err(|e| setup(e.to_string()))?);
+    let embedded: Arc<dyn EventStore> =
+        Arc::new(SqliteEventStore::open(&dir.join("append-embedded.db")).map_err(|e| setup(e.to_string()))?);
+    let mut rows = Vec::new();
+    for (round, writers) in WRITER_COUNTS.into_iter().enumerate() {
+        let engine = drive(workers(&esdb, &round.to_string(), writers)?, duration).await?;
+        let baseline = drive(workers(&embedded, &round.to_string(), writers)?, duration).await?;
+        rows.push(BenchRow { label: Some("appends/s".into()), ..writers_row(writers, &engine, &baseline) });
+    }
+    let headline = rows.last().cloned();
+    let (events, seconds) = catch_up(&esdb).await?;
+    let (baseline_events, baseline_seconds) = catch_up(&embedded).await?;
+    let (rate, baseline_rate) = (events as f64 / seconds, baseline_events as f64 / baseline_seconds);
+    notes.push(format!(
+        "$all catch-up read: {events} events through EventStoreDB in {seconds:.2} s, {baseline_events} from the \
+         embedded store in {baseline_seconds:.2} s (the events the appends above wrote)"
+    ));
+    rows.push(BenchRow {
+        writers: 1,
+        value: rate,
+        baseline: baseline_rate,
+        ratio: rate / baseline_rate.max(f64::MIN_POSITIVE),
+        label: Some("$all catch-up events/s".into()),
+        events: Some(events),
+        seconds: Some(seconds),
+        ..Default::default()
+    });
+    let mut report = BenchReport::new("append", "durable appends/s", ESDB_BASELINE, duration.as_secs_f64(), rows);
+    if let Some(headline) = headline {
+        (report.value, report.baseline, report.ratio) = (headline.value, headline.baseline, headline.ratio);
+    }
+    report.value_description = Some(format!(
+        "durable appends/s through the EventStoreDB adapter at {} writers, one event per append",
+        WRITER_COUNTS[WRITER_COUNTS.len() - 1]
+    ));
+    report.notes = notes;
+    Ok(report)
 }

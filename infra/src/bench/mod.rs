@@ -170,13 +170,22 @@ impl BenchReport {
     }
 
     fn writers_table(&self, out: &mut String) {
+        let labelled = self.rows.iter().any(|r| r.label.is_some());
+        let label = |l: Option<&str>| if labelled { format!("{:<24}  ", l.unwrap_or("")) } else { String::new() };
         out.push_str(&format!(
-            "{:>7}  {:>12}  {:>12}  {:>7}  {:>16}  {:>16}\n",
-            "writers", "engine", "baseline", "ratio", "engine p50/p99", "baseline p50/p99"
+            "{}{:>7}  {:>12}  {:>12}  {:>7}  {:>16}  {:>16}\n",
+            label(Some("measured")),
+            "writers",
+            "engine",
+            "baseline",
+            "ratio",
+            "engine p50/p99",
+            "baseline p50/p99"
         ));
         for row in &self.rows {
             out.push_str(&format!(
-                "{:>7}  {:>12.0}  {:>12.0}  {:>6.1}x  {:>16}  {:>16}\n",
+                "{}{:>7}  {:>12.0}  {:>12.0}  {:>6.1}x  {:>16}  {:>16}\n",
+                label(row.label.as_deref()),
                 row.writers,
                 row.value,
                 row.baseline,
@@ -185,11 +194,12 @@ impl BenchReport {
                 format!("{}/{} µs", row.baseline_p50_us, row.baseline_p99_us),
             ));
         }
+        let headline_writers = self.rows.iter().filter(|r| r.value == self.value).map(|r| r.writers).next();
         out.push_str(&format!(
             "\nheadline: {:.0} {} at {} writers, {:.1}x the baseline; peak RSS {:.1} MB",
             self.value,
             self.unit,
-            self.rows.last().map_or(0, |r| r.writers),
+            headline_writers.unwrap_or(0),
             self.ratio,
             self.peak_rss_mb
         ));

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use referral_commands::{Role, SystemClock};
 use referral_domain::clock::ExpiryPolicy;
 
+use crate::bench::append::EsdbTarget;
 use crate::grpc::auth::{self, TokenStore};
 use crate::server::{self, ServerParts};
 
@@ -113,6 +114,11 @@ struct BenchArgs {
     /// For `commands`: drive the commands through a gRPC server over loopback.
     #[arg(long)]
     grpc: bool,
+    /// For `append`: measure an EventStoreDB through the adapter, beside the
+    /// embedded store: `esdb://HOST:PORT?tls=false` for a running server, or
+    /// `esdb-node` for the compatible node started in this process.
+    #[arg(long)]
+    store: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -247,7 +253,16 @@ async fn bench(args: BenchArgs) -> ExitCode {
         },
     };
     let report = match args.scenario.as_str() {
-        "append" => crate::bench::append::bench_append(&dir, duration).await.map_err(|e| e.to_string()),
+        "append" => match args.store.as_deref() {
+            None | Some("embedded") => crate::bench::append::bench_append(&dir, duration).await,
+            Some("esdb-node") => {
+                crate::bench::append::bench_append_esdb(&dir, duration, EsdbTarget::InProcessNode).await
+            }
+            Some(connection) => {
+                crate::bench::append::bench_append_esdb(&dir, duration, EsdbTarget::Server(connection.into())).await
+            }
+        }
+        .map_err(|e| e.to_string()),
         "commands" => {
             crate::bench::commands::bench_commands(&dir, duration, args.grpc).await.map_err(|e| e.to_string())
         }
