@@ -39,6 +39,8 @@ pub enum ServeError {
     Auth(#[from] auth::AuthError),
     #[error("cannot open the event store in {path}: {reason}")]
     Store { path: PathBuf, reason: String },
+    #[error("--store: {0}")]
+    StoreChoice(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("gRPC transport failed: {0}")]
@@ -172,6 +174,23 @@ pub async fn run(
 /// Binds the listen address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })
+}
+
+/// The event store `serve --store` names: `embedded` (the data directory's
+/// SQLite store) or an EventStoreDB connection string (`esdb://...`,
+/// `esdb+discover://...`).
+pub fn open_store(store: &str, data_dir: &Path) -> Result<Arc<dyn EventStore>, ServeError> {
+    if store == "embedded" {
+        return open_embedded_store(data_dir);
+    }
+    if !(store.starts_with("esdb://") || store.starts_with("esdb+discover://")) {
+        return Err(ServeError::StoreChoice(format!(
+            "{store:?} is neither `embedded` nor an EventStoreDB connection string such as \
+             esdb://127.0.0.1:2113?tls=false"
+        )));
+    }
+    let adapter = crate::store::EsdbEventStore::connect(store).map_err(|e| ServeError::StoreChoice(e.to_string()))?;
+    Ok(Arc::new(adapter))
 }
 
 /// Opens (creating if needed) the embedded SQLite event store of a data directory.

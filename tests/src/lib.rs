@@ -2,14 +2,17 @@
 //! loopback port with its own data directory, and authenticated clients.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use referral_commands::{ManualClock, Role};
 use referral_domain::clock::ExpiryPolicy;
+use referral_domain::eventlog::EventStore;
 use referral_infra::grpc::auth::{self, AdminClient, BearerToken, CommandsClient, QueriesClient, TokenStore};
 use referral_infra::grpc::pb;
 use referral_infra::server::{self, ServerParts};
+use referral_infra::store::{EsdbEventStore, SqliteEventStore};
 use tonic::transport::Channel;
 
 /// The moment the test clock starts at.
@@ -19,20 +22,94 @@ pub fn test_epoch() -> DateTime<Utc> {
 
 pub type Client = CommandsClient;
 
+/// Where a [`TestServer`] keeps the engine's events. Views and tokens stay
+/// in the server's data directory either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventBackend {
+    /// The embedded SQLite event store in the data directory.
+    Embedded,
+    /// EventStoreDB: the engine's EventStoreDB adapter talking to the
+    /// project's EventStoreDB-compatible node, run in this process on a
+    /// loopback port over an embedded store in `<data dir>/esdb-node`.
+    EsdbNode,
+}
+
+/// Where the EventStoreDB-compatible node of an [`EventBackend::EsdbNode`]
+/// server keeps its events, inside the server's data directory.
+pub const ESDB_NODE_DIR: &str = "esdb-node";
+
 /// A server running in this process on 127.0.0.1 with a temporary data directory.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
     pub data_dir: tempfile::TempDir,
+    pub backend: EventBackend,
+    running: Running,
+}
+
+type NodeTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// The server task and, for [`EventBackend::EsdbNode`], the node task, with
+/// their shutdown senders. The node is stopped only after the server.
+struct Running {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), server::ServeError>>>,
+    node: Option<(tokio::sync::oneshot::Sender<()>, NodeTask)>,
+}
+
+impl Running {
+    /// Stops the server, letting calls in flight finish, then the node.
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+        if let Some((tx, task)) = self.node.take() {
+            let _ = tx.send(());
+            task.await.expect("EventStoreDB node task").expect("EventStoreDB node stopped cleanly");
+        }
+    }
+}
+
+impl Drop for Running {
+    /// Dropping the shutdown sender stops the server in the background, as
+    /// it always has; the node follows once the server is done.
+    fn drop(&mut self) {
+        self.shutdown.take();
+        let Some((node_stop, _node_task)) = self.node.take() else { return };
+        match (self.task.take(), tokio::runtime::Handle::try_current()) {
+            (Some(task), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    let _ = task.await;
+                    let _ = node_stop.send(());
+                });
+            }
+            _ => {
+                let _ = node_stop.send(());
+            }
+        }
+    }
 }
 
 impl TestServer {
+    /// A server on the embedded event store.
     pub async fn start() -> TestServer {
+        TestServer::start_on(EventBackend::Embedded).await
+    }
+
+    /// A server keeping its events in `backend`.
+    pub async fn start_on(backend: EventBackend) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let clock = Arc::new(ManualClock::new(test_epoch()));
-        let store = server::open_embedded_store(data_dir.path()).expect("open store");
+        let (store, node) = match backend {
+            EventBackend::Embedded => (server::open_embedded_store(data_dir.path()).expect("open store"), None),
+            EventBackend::EsdbNode => {
+                let (store, node) = start_esdb_node(&data_dir.path().join(ESDB_NODE_DIR)).await;
+                (store, Some(node))
+            }
+        };
         let tokens = Arc::new(TokenStore::open(data_dir.path()).expect("tokens"));
         let listener = server::bind("127.0.0.1:0".parse().expect("address")).await.expect("bind");
         let addr = listener.local_addr().expect("local address");
@@ -48,7 +125,7 @@ impl TestServer {
         let task = tokio::spawn(server::run(parts, listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, clock, data_dir, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, clock, data_dir, backend, running: Running { shutdown: Some(tx), task: Some(task), node } }
     }
 
     /// Creates a token with `role` (bound to `partner` for partner tokens).
@@ -87,30 +164,37 @@ impl TestServer {
             .expect("connect to test server")
     }
 
-    /// Stops the server, letting calls in flight finish.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server stopped cleanly");
-        }
+    /// Stops the server, letting calls in flight finish (and then the
+    /// EventStoreDB node, if any).
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 
     /// Stops the server like [`TestServer::stop`] and hands back its data
     /// directory (event store, views, tokens), released by the server, for
     /// tests that work on it afterwards.
-    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
-        let (shutdown, task) = (self.shutdown.take(), self.task.take());
-        let data_dir = self.data_dir;
-        if let Some(tx) = shutdown {
-            let _ = tx.send(());
-        }
-        if let Some(task) = task {
-            task.await.expect("server task").expect("server stopped cleanly");
-        }
+    pub async fn stop_keeping_data(self) -> tempfile::TempDir {
+        let TestServer { data_dir, running, .. } = self;
+        running.stop().await;
         data_dir
     }
+}
+
+/// Starts an EventStoreDB-compatible node on a loopback port over a fresh
+/// embedded store in `dir`; the adapter connected to it, and the node's
+/// shutdown sender and task.
+async fn start_esdb_node(dir: &Path) -> (Arc<dyn EventStore>, (tokio::sync::oneshot::Sender<()>, NodeTask)) {
+    std::fs::create_dir_all(dir).expect("EventStoreDB node directory");
+    let inner: Arc<dyn EventStore> =
+        Arc::new(SqliteEventStore::open(&dir.join("events.db")).expect("open the node's store"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the node");
+    let node_addr = listener.local_addr().expect("node address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(referral_infra::esdb::node::run(inner, listener, async {
+        let _ = stopped.await;
+    }));
+    let adapter = EsdbEventStore::connect(&format!("esdb://{node_addr}?tls=false")).expect("connect the adapter");
+    (Arc::new(adapter), (stop, task))
 }
 
 /// A region profile registration for `partner` in `region` with one location.

@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, Utc};
 use referral_commands::Role;
 use referral_domain::ids::{PartnerId, ReferralId, RegionId, RfiId};
 use referral_infra::grpc::pb;
-use referral_tests::{accept_request, date, money, profile_request, rfi_request, test_epoch, Client, TestServer};
+use referral_tests::{
+    accept_request, date, money, profile_request, rfi_request, test_epoch, Client, EventBackend, TestServer,
+};
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt;
 
@@ -24,8 +26,8 @@ struct World {
 }
 
 impl World {
-    async fn start() -> World {
-        let server = TestServer::start().await;
+    async fn start(backend: EventBackend) -> World {
+        let server = TestServer::start_on(backend).await;
         let intake = server.client(&server.token(Role::Intake, None)).await;
         let a = server.client(&server.token(Role::Partner, Some(A))).await;
         let b = server.client(&server.token(Role::Partner, Some(B))).await;
@@ -171,9 +173,52 @@ fn invalid_field<T: Debug>(result: Result<Response<T>, Status>, field: &str, nee
     status
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_referral_goes_from_rfi_to_won_and_another_is_declined() {
-    let server = TestServer::start().await;
+/// Runs each scenario on both event stores: `embedded::<name>` on the
+/// embedded store, `esdb::<name>` through the EventStoreDB adapter against the
+/// project's EventStoreDB-compatible node.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::EventBackend::Embedded).await
+                }
+            )*
+        }
+
+        mod esdb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::EventBackend::EsdbNode).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend! {
+    a_referral_goes_from_rfi_to_won_and_another_is_declined,
+    a_retried_request_returns_the_original_result_and_writes_nothing,
+    racing_accepts_and_declines_leave_exactly_one_decision,
+    racing_copies_of_one_request_write_once_and_all_get_its_result,
+    reusing_a_request_id_for_a_different_command_is_refused,
+    calls_without_a_valid_token_are_unauthenticated,
+    a_role_that_may_not_issue_a_command_is_denied,
+    invalid_fields_are_named_in_a_bad_request_detail,
+    an_unknown_referral_is_not_found,
+    an_rfi_to_a_partner_that_cannot_take_it_is_refused_whole,
+    registering_a_region_twice_already_exists,
+    moves_not_allowed_in_the_current_state_fail_their_precondition,
+    after_fourteen_days_a_new_referral_can_no_longer_be_answered,
+    a_partner_cannot_touch_another_partners_referral,
+    reusing_another_partners_request_id_is_still_denied,
+    health_and_reflection_are_served,
+}
+
+async fn a_referral_goes_from_rfi_to_won_and_another_is_declined(backend: EventBackend) {
+    let server = TestServer::start_on(backend).await;
     let intake = server.client(&server.token(Role::Intake, None)).await;
     let a = server.client(&server.token(Role::Partner, Some(A))).await;
     let b = server.client(&server.token(Role::Partner, Some(B))).await;
@@ -320,9 +365,8 @@ async fn a_referral_goes_from_rfi_to_won_and_another_is_declined() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retried_request_returns_the_original_result_and_writes_nothing() {
-    let server = TestServer::start().await;
+async fn a_retried_request_returns_the_original_result_and_writes_nothing(backend: EventBackend) {
+    let server = TestServer::start_on(backend).await;
     let intake = server.client(&server.token(Role::Intake, None)).await;
     let a = server.client(&server.token(Role::Partner, Some(A))).await;
     let b = server.client(&server.token(Role::Partner, Some(B))).await;
@@ -371,9 +415,8 @@ async fn a_retried_request_returns_the_original_result_and_writes_nothing() {
     assert_eq!(again, pb::CommandResult { replayed: true, ..first });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_accepts_and_declines_leave_exactly_one_decision() {
-    let world = World::start().await;
+async fn racing_accepts_and_declines_leave_exactly_one_decision(backend: EventBackend) {
+    let world = World::start(backend).await;
     let id = world.submit("rfi-race", &[A]).await.remove(0);
 
     const RACERS: usize = 16;
@@ -420,9 +463,8 @@ async fn racing_accepts_and_declines_leave_exactly_one_decision() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_copies_of_one_request_write_once_and_all_get_its_result() {
-    let world = World::start().await;
+async fn racing_copies_of_one_request_write_once_and_all_get_its_result(backend: EventBackend) {
+    let world = World::start(backend).await;
     let id = world.submit("rfi-copies", &[A]).await.remove(0);
 
     const COPIES: usize = 8;
@@ -456,9 +498,8 @@ async fn racing_copies_of_one_request_write_once_and_all_get_its_result() {
     assert_eq!(get(&world.a, &id).await.stream_revision, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reusing_a_request_id_for_a_different_command_is_refused() {
-    let world = World::start().await;
+async fn reusing_a_request_id_for_a_different_command_is_refused(backend: EventBackend) {
+    let world = World::start(backend).await;
     let id = world.submit("rfi-reuse-kind", &[A]).await.remove(0);
     let mut client = world.client(Role::Partner, Some(A)).await;
     client.accept_referral(accept_request("reused-id", &id)).await.expect("accept");
@@ -468,9 +509,8 @@ async fn reusing_a_request_id_for_a_different_command_is_refused() {
     assert_eq!(get(&world.a, &id).await.stream_revision, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_without_a_valid_token_are_unauthenticated() {
-    let world = World::start().await;
+async fn calls_without_a_valid_token_are_unauthenticated(backend: EventBackend) {
+    let world = World::start(backend).await;
     let id = world.submit("rfi-auth", &[A]).await.remove(0);
     let headers: [(Option<&str>, &str); 5] = [
         (None, "missing authorization metadata"),
@@ -491,9 +531,8 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
     assert_eq!(get(&world.a, &id).await.stream_revision, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_that_may_not_issue_a_command_is_denied() {
-    let world = World::start().await;
+async fn a_role_that_may_not_issue_a_command_is_denied(backend: EventBackend) {
+    let world = World::start(backend).await;
     let id = world.submit("rfi-roles", &[A]).await.remove(0);
     let analyst = world.client(Role::Analyst, None).await;
 
@@ -519,9 +558,8 @@ async fn a_role_that_may_not_issue_a_command_is_denied() {
     assert_written(&accepted, &referral_stream(&id), 1, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_fields_are_named_in_a_bad_request_detail() {
-    let world = World::start().await;
+async fn invalid_fields_are_named_in_a_bad_request_detail(backend: EventBackend) {
+    let world = World::start(backend).await;
     let ids = world.submit("rfi-invalid", &[A, B]).await;
     let (id, active) = (ids[0].clone(), ids[1].clone());
     world.accepted(&world.b, &active).await;
@@ -617,9 +655,8 @@ async fn invalid_fields_are_named_in_a_bad_request_detail() {
     assert_eq!(get(&world.b, &active).await.stream_revision, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_referral_is_not_found() {
-    let world = World::start().await;
+async fn an_unknown_referral_is_not_found(backend: EventBackend) {
+    let world = World::start(backend).await;
     let unknown = rid();
     let get = world.a.clone().get_referral(pb::GetReferralRequest { referral_id: unknown.clone() }).await;
     refused(get, Code::NotFound, &[&unknown, "does not exist"]);
@@ -632,9 +669,8 @@ async fn an_unknown_referral_is_not_found() {
     refused(world.a.clone().mark_won(won_request(&rid(), &unknown)).await, Code::NotFound, &[&unknown]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_rfi_to_a_partner_that_cannot_take_it_is_refused_whole() {
-    let world = World::start().await;
+async fn an_rfi_to_a_partner_that_cannot_take_it_is_refused_whole(backend: EventBackend) {
+    let world = World::start(backend).await;
     let intake = || world.intake.clone();
 
     // A partner without any profile: refused as a precondition, and the valid
@@ -679,9 +715,8 @@ async fn an_rfi_to_a_partner_that_cannot_take_it_is_refused_whole() {
     refused(intake().submit_rfi(again).await, Code::AlreadyExists, &["already exists", "rfi-paused"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registering_a_region_twice_already_exists() {
-    let world = World::start().await;
+async fn registering_a_region_twice_already_exists(backend: EventBackend) {
+    let world = World::start(backend).await;
     let again = world.intake.clone().register_partner_profile(profile_request(&rid(), A, "emea")).await;
     refused(again, Code::AlreadyExists, &["contoso", "already has a profile for region emea"]);
     // Another region is a profile of its own.
@@ -689,9 +724,8 @@ async fn registering_a_region_twice_already_exists() {
     assert_written(&apac.into_inner(), "partner-contoso", 1, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moves_not_allowed_in_the_current_state_fail_their_precondition() {
-    let world = World::start().await;
+async fn moves_not_allowed_in_the_current_state_fail_their_precondition(backend: EventBackend) {
+    let world = World::start(backend).await;
     let ids = world.submit("rfi-states", &[A, B]).await;
     let (won, declined) = (ids[0].clone(), ids[1].clone());
     let a = || world.a.clone();
@@ -733,9 +767,8 @@ async fn moves_not_allowed_in_the_current_state_fail_their_precondition() {
     assert_eq!(get(&world.b, &declined).await.stream_revision, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_fourteen_days_a_new_referral_can_no_longer_be_answered() {
-    let world = World::start().await;
+async fn after_fourteen_days_a_new_referral_can_no_longer_be_answered(backend: EventBackend) {
+    let world = World::start(backend).await;
     let ids = world.submit("rfi-expiry", &[A, B]).await;
     let (late, in_time) = (ids[0].clone(), ids[1].clone());
 
@@ -769,9 +802,8 @@ async fn after_fourteen_days_a_new_referral_can_no_longer_be_answered() {
     assert!(after.stream_revision <= 1, "nothing but the expiry was written: {after:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partner_cannot_touch_another_partners_referral() {
-    let world = World::start().await;
+async fn a_partner_cannot_touch_another_partners_referral(backend: EventBackend) {
+    let world = World::start(backend).await;
     let ids = world.submit("rfi-cross", &[A]).await;
     let id = ids[0].clone();
     let b = || world.b.clone();
@@ -795,9 +827,8 @@ async fn a_partner_cannot_touch_another_partners_referral() {
     assert_eq!((before.status(), before.stream_revision), (pb::Status::Active, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reusing_another_partners_request_id_is_still_denied() {
-    let world = World::start().await;
+async fn reusing_another_partners_request_id_is_still_denied(backend: EventBackend) {
+    let world = World::start(backend).await;
     let id = world.submit("rfi-reuse", &[A]).await.remove(0);
     let accept = accept_request("contoso-accept-1", &id);
     world.a.clone().accept_referral(accept.clone()).await.unwrap();
@@ -811,8 +842,7 @@ async fn reusing_another_partners_request_id_is_still_denied() {
     assert_eq!(get(&world.a, &id).await, state);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_reflection_are_served() {
+async fn health_and_reflection_are_served(backend: EventBackend) {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
@@ -821,7 +851,7 @@ async fn health_and_reflection_are_served() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-    let server = TestServer::start().await;
+    let server = TestServer::start_on(backend).await;
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "referrals.v1.ReferralCommands"] {
         let answer = health.check(HealthCheckRequest { service: service.into() }).await.expect("health check");

@@ -8,7 +8,7 @@ use chrono::Duration;
 use referral_commands::Role;
 use referral_infra::grpc::auth::{AdminClient, QueriesClient};
 use referral_infra::grpc::pb;
-use referral_tests::{accept_request, date, money, profile_request, rfi_request, Client, TestServer};
+use referral_tests::{accept_request, date, money, profile_request, rfi_request, Client, EventBackend, TestServer};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -27,8 +27,8 @@ struct World {
 }
 
 impl World {
-    async fn start() -> World {
-        let server = TestServer::start().await;
+    async fn start(backend: EventBackend) -> World {
+        let server = TestServer::start_on(backend).await;
         let intake_token = server.token(Role::Intake, None);
         let a_token = server.token(Role::Partner, Some(A));
         let b_token = server.token(Role::Partner, Some(B));
@@ -81,9 +81,42 @@ fn position(result: &pb::CommandResult) -> pb::LogPosition {
     result.position.expect("a command that wrote has a position")
 }
 
-#[tokio::test]
-async fn a_referral_moves_from_inbox_to_active_to_archive_for_its_partner_only() {
-    let w = World::start().await;
+/// Runs each scenario on both event stores: `embedded::<name>` on the
+/// embedded store, `esdb::<name>` through the EventStoreDB adapter against the
+/// project's EventStoreDB-compatible node.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::EventBackend::Embedded).await
+                }
+            )*
+        }
+
+        mod esdb {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::EventBackend::EsdbNode).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend! {
+    a_referral_moves_from_inbox_to_active_to_archive_for_its_partner_only,
+    every_query_hides_or_refuses_another_partners_referrals,
+    pages_follow_tokens_and_a_token_for_other_filters_is_refused,
+    a_query_waits_for_its_minimum_position_and_says_so_when_it_is_not_reached,
+    operators_see_projections_and_rebuild_them_while_queries_answer,
+    serve_expires_an_unanswered_referral_after_14_days,
+}
+
+async fn a_referral_moves_from_inbox_to_active_to_archive_for_its_partner_only(backend: EventBackend) {
+    let w = World::start(backend).await;
     let (a_id, b_id, submitted) = w.submit("rfi-views-1").await;
 
     let inbox = w.a_views.clone().list_inbox(list(Some(submitted))).await.expect("inbox").into_inner();
@@ -174,9 +207,8 @@ async fn a_referral_moves_from_inbox_to_active_to_archive_for_its_partner_only()
     assert!(history.by_feature.iter().any(|f| f.kind == "industry" && f.value == "manufacturing"));
 }
 
-#[tokio::test]
-async fn every_query_hides_or_refuses_another_partners_referrals() {
-    let w = World::start().await;
+async fn every_query_hides_or_refuses_another_partners_referrals(backend: EventBackend) {
+    let w = World::start(backend).await;
     let (a_id, _b_id, at) = w.submit("rfi-views-2").await;
     let at = Some(at);
 
@@ -237,9 +269,8 @@ async fn every_query_hides_or_refuses_another_partners_referrals() {
         .expect("analyst reads A's history");
 }
 
-#[tokio::test]
-async fn pages_follow_tokens_and_a_token_for_other_filters_is_refused() {
-    let w = World::start().await;
+async fn pages_follow_tokens_and_a_token_for_other_filters_is_refused(backend: EventBackend) {
+    let w = World::start(backend).await;
     let mut last = None;
     let mut mine = Vec::new();
     for i in 0..7 {
@@ -284,9 +315,8 @@ async fn pages_follow_tokens_and_a_token_for_other_filters_is_refused() {
     assert_eq!(seen, mine);
 }
 
-#[tokio::test]
-async fn a_query_waits_for_its_minimum_position_and_says_so_when_it_is_not_reached() {
-    let w = World::start().await;
+async fn a_query_waits_for_its_minimum_position_and_says_so_when_it_is_not_reached(backend: EventBackend) {
+    let w = World::start(backend).await;
     let (_, _, at) = w.submit("rfi-views-3").await;
     let beyond = pb::LogPosition { commit: at.commit + 1_000, prepare: at.prepare + 1_000 };
     let started = Instant::now();
@@ -296,9 +326,8 @@ async fn a_query_waits_for_its_minimum_position_and_says_so_when_it_is_not_reach
     assert!(started.elapsed() < StdDuration::from_secs(30));
 }
 
-#[tokio::test]
-async fn operators_see_projections_and_rebuild_them_while_queries_answer() {
-    let w = World::start().await;
+async fn operators_see_projections_and_rebuild_them_while_queries_answer(backend: EventBackend) {
+    let w = World::start(backend).await;
     let (a_id, _, at) = w.submit("rfi-views-4").await;
     w.a_views.clone().list_inbox(list(Some(at))).await.expect("caught up");
 
@@ -357,9 +386,8 @@ async fn operators_see_projections_and_rebuild_them_while_queries_answer() {
     assert_eq!(refused.code(), Code::PermissionDenied);
 }
 
-#[tokio::test]
-async fn serve_expires_an_unanswered_referral_after_14_days() {
-    let w = World::start().await;
+async fn serve_expires_an_unanswered_referral_after_14_days(backend: EventBackend) {
+    let w = World::start(backend).await;
     let (a_id, b_id, _) = w.submit("rfi-views-5").await;
     let accepted = w.a.clone().accept_referral(accept_request(&rid(), &a_id)).await.expect("accept").into_inner();
     w.a_views.clone().list_active(list(Some(position(&accepted)))).await.expect("caught up");

@@ -1117,3 +1117,111 @@ async fn reopen_continues_positions() {
     assert_eq!(delivered.last().map(|e| e.position), Some(next.position));
     expect_caught_up(&mut subscription).await;
 }
+
+// ------------------------------------------------- EventStoreDB restarts --
+
+/// A compatible node that can be stopped and started again on the same
+/// address over the same store.
+struct RestartableNode {
+    inner: Store,
+    addr: std::net::SocketAddr,
+    running: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl RestartableNode {
+    async fn start(inner: Store, addr: std::net::SocketAddr) -> RestartableNode {
+        let mut node = RestartableNode { inner, addr, running: None };
+        node.restart().await;
+        node
+    }
+
+    async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.expect("bind the node's address");
+        self.addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let inner = self.inner.clone();
+            async move {
+                let served = referral_infra::esdb::node::run(inner, listener, async {
+                    let _ = stopped.await;
+                });
+                served.await.expect("the node serves");
+            }
+        });
+        self.running = Some((stop, task));
+    }
+
+    /// Stops the node; it must let go of its subscribers promptly.
+    async fn stop(&mut self) {
+        let (stop, task) = self.running.take().expect("the node runs");
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the node shuts down although a subscription is open")
+            .expect("the node task");
+    }
+}
+
+/// Skips CaughtUp markers (a resubscription may send one again).
+async fn next_event_skipping_markers(subscription: &mut Box<dyn Subscription>) -> RecordedEvent {
+    loop {
+        if let SubscriptionMessage::Event(event) = next_message(subscription).await {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn esdb_subscription_and_appends_resume_after_the_node_restarts() {
+    run(async {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let inner: Store = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).expect("open sqlite store"));
+        let mut node = RestartableNode::start(inner.clone(), "127.0.0.1:0".parse().unwrap()).await;
+        let store: Store =
+            Arc::new(EsdbEventStore::connect(&format!("esdb://{}?tls=false", node.addr)).expect("connect"));
+
+        let before = events("Created", 2);
+        append(&store, "referral-1", ExpectedRevision::NoStream, &before).await;
+        let mut subscription = subscribe(&store, SubscriptionStart::Start, AllFilter::everything()).await;
+        assert_eq!(recorded_ids(&next_events(&mut subscription, 2).await), ids(&before));
+        expect_caught_up(&mut subscription).await;
+
+        node.stop().await;
+        let refused = store.append(&stream("referral-1"), exact(1), events("Updated", 1)).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+        // Written while the node is down (straight to its store): the
+        // subscription must pick it up from where it was, not skip it.
+        let while_down = event("Updated");
+        inner.append(&stream("referral-1"), exact(1), vec![while_down.clone()]).await.expect("append to the store");
+
+        node.restart().await;
+        let after = event("Updated");
+        let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
+        loop {
+            match store.append(&stream("referral-1"), exact(2), vec![after.clone()]).await {
+                Ok(result) => {
+                    assert_eq!(result.next_expected_revision, StreamRevision(3));
+                    break;
+                }
+                Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("append after the restart: {e}"),
+            }
+        }
+        let resumed = [
+            next_event_skipping_markers(&mut subscription).await,
+            next_event_skipping_markers(&mut subscription).await,
+        ];
+        assert_eq!(recorded_ids(&resumed), vec![while_down.id, after.id], "nothing skipped, nothing twice");
+        assert_eq!(revisions(&resumed), vec![2, 3]);
+        // At most the resubscription's own CaughtUp may still come; no event.
+        if let Ok(message) = tokio::time::timeout(QUIET_PERIOD, subscription.next()).await {
+            assert_eq!(message, Ok(SubscriptionMessage::CaughtUp));
+            expect_quiet(&mut subscription).await;
+        }
+        assert_eq!(read_whole_stream(&store, "referral-1").await.len(), 4);
+        node.stop().await;
+    })
+    .await;
+}

@@ -70,6 +70,11 @@ struct ServeArgs {
     /// Days after receipt an unanswered referral expires.
     #[arg(long, default_value_t = 14)]
     expiry_days: u32,
+    /// Where events live: `embedded` (SQLite in the data directory), or an
+    /// EventStoreDB connection string such as `esdb://HOST:2113?tls=false`
+    /// (views and tokens stay in the data directory).
+    #[arg(long, env = "REFERRAL_ENGINE_STORE", default_value = "embedded")]
+    store: String,
 }
 
 #[derive(Subcommand)]
@@ -185,7 +190,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let result = async {
         let expiry = ExpiryPolicy::new(chrono::Duration::days(i64::from(args.expiry_days)))
             .map_err(|e| format!("--expiry-days: {e}"))?;
-        let store = server::open_embedded_store(&args.data_dir).map_err(|e| e.to_string())?;
+        let store = server::open_store(&args.store, &args.data_dir).map_err(|e| e.to_string())?;
         if let Some(path) = auth::bootstrap_operator(&args.data_dir).map_err(|e| e.to_string())? {
             println!("First start: created an operator token in {}", path.display());
             println!("  export REFERRAL_ENGINE_TOKEN=$(cat {})", path.display());
@@ -195,6 +200,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, data_dir = %args.data_dir.display(), "referral-engine serving gRPC");
         println!("referral-engine listening on {addr} (data in {})", args.data_dir.display());
+        if args.store != "embedded" {
+            println!("events in EventStoreDB at {}", args.store);
+        }
         let read_side = server::ReadSide::in_dir(&args.data_dir).map_err(|e| e.to_string())?;
         let parts = ServerParts { store, clock: Arc::new(SystemClock), tokens, expiry, read_side: Some(read_side) };
         server::run(parts, listener, server::shutdown_signal()).await.map_err(|e| e.to_string())?;

@@ -27,7 +27,7 @@ use referral_domain::eventlog::{
 };
 use regex::Regex;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -54,11 +54,19 @@ pub async fn run(
         .expect("a bound listener can be served");
     let (mut health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamsServer<StreamsService>>().await;
+    // Subscriptions never end on their own; on shutdown they end with
+    // UNAVAILABLE (clients resubscribe elsewhere or later), so that the
+    // graceful shutdown does not wait for them forever.
+    let (stopping, stop) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        stopping.send_replace(true);
+    };
     tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(StreamsServer::new(StreamsService { store }))
+        .add_service(StreamsServer::new(StreamsService { store, stop }))
         .add_service(features::server_features_server::ServerFeaturesServer::new(FeaturesService))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await
 }
 
@@ -66,12 +74,8 @@ pub async fn run(
 #[derive(Clone)]
 pub struct StreamsService {
     store: Arc<dyn EventStore>,
-}
-
-impl StreamsService {
-    pub fn new(store: Arc<dyn EventStore>) -> StreamsService {
-        StreamsService { store }
-    }
+    /// Turns true when the node shuts down.
+    stop: watch::Receiver<bool>,
 }
 
 /// `event_store.client.server_features.ServerFeatures`.
@@ -451,6 +455,7 @@ async fn subscribe(
     filter: EventFilter,
     checkpoint_every: u64,
     encoding: Encoding,
+    mut stop: watch::Receiver<bool>,
     tx: ReadSender,
 ) {
     let all = match &only {
@@ -472,8 +477,13 @@ async fn subscribe(
     let mut skipped = 0u64;
     loop {
         let message = tokio::select! {
-            m = subscription.next() => m,
+            m = subscription.next() => Some(m),
             _ = tx.closed() => return,
+            _ = stopped(&mut stop) => None,
+        };
+        let Some(message) = message else {
+            send(&tx, Err(Status::unavailable("the node is shutting down"))).await;
+            return;
         };
         let sent = match message {
             Ok(SubscriptionMessage::Event(e)) => {
@@ -508,6 +518,11 @@ async fn subscribe(
             return;
         }
     }
+}
+
+/// Completes when the node starts shutting down.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 /// Where a stream subscription from `revision` (exclusive) starts in `$all`.
@@ -576,7 +591,8 @@ impl Streams for StreamsService {
                 {
                     return Err(store_status(StoreError::StreamDeleted(s)));
                 }
-                tokio::spawn(subscribe(store, start, Some(stream), EventFilter::Everything, 0, encoding, tx));
+                let stop = self.stop.clone();
+                tokio::spawn(subscribe(store, start, Some(stream), EventFilter::Everything, 0, encoding, stop, tx));
             }
             (Some(StreamOption::All(a)), Some(CountOption::Count(count))) => {
                 let from = match a.all_option {
@@ -596,7 +612,8 @@ impl Streams for StreamsService {
                     Some(AllOption::End(_)) => SubscriptionStart::End,
                     Some(AllOption::Start(_)) | None => SubscriptionStart::Start,
                 };
-                tokio::spawn(subscribe(store, start, None, filter, checkpoint_every, encoding, tx));
+                let stop = self.stop.clone();
+                tokio::spawn(subscribe(store, start, None, filter, checkpoint_every, encoding, stop, tx));
             }
             (None, _) => return Err(bad_request("options.stream_option (a stream or $all) is required")),
             (_, None) => return Err(bad_request("options.count_option (a count or a subscription) is required")),

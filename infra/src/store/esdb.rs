@@ -16,6 +16,7 @@
 //!   up to [`MAX_BACKOFF`] between attempts; after [`RESUBSCRIBE_ATTEMPTS`]
 //!   failures in a row it reports the store unavailable.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,9 +42,40 @@ pub const RESUBSCRIBE_ATTEMPTS: u32 = 12;
 /// An `EventStore` in EventStoreDB (or KurrentDB, or the project's
 /// compatible node).
 pub struct EsdbEventStore {
-    client: Client,
+    connection: Arc<Connection>,
     /// The connection string, for error messages.
     target: String,
+}
+
+/// The client, replaced by a fresh one when the server stops answering: the
+/// `eventstore` client keeps trying a dead HTTP/2 connection to a single node
+/// after that node restarts, and a new client connects afresh.
+struct Connection {
+    settings: ClientSettings,
+    /// The client and how many clients came before it.
+    current: Mutex<(u64, Client)>,
+}
+
+impl Connection {
+    fn new(settings: ClientSettings) -> Result<Connection, StoreError> {
+        let client = Client::new(settings.clone())
+            .map_err(|e| StoreError::Backend(format!("cannot create the EventStoreDB client: {e}")))?;
+        Ok(Connection { settings, current: Mutex::new((0, client)) })
+    }
+
+    fn client(&self) -> (u64, Client) {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces client number `generation` (unless another caller already did).
+    fn replace(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 == generation {
+            if let Ok(client) = Client::new(self.settings.clone()) {
+                *current = (generation + 1, client);
+            }
+        }
+    }
 }
 
 impl EsdbEventStore {
@@ -54,12 +86,21 @@ impl EsdbEventStore {
         let settings: ClientSettings = connection_string.parse().map_err(|e| {
             StoreError::Backend(format!("invalid EventStoreDB connection string {connection_string:?}: {e}"))
         })?;
-        let client = Client::new(settings)
-            .map_err(|e| StoreError::Backend(format!("cannot create the EventStoreDB client: {e}")))?;
-        Ok(EsdbEventStore { client, target: connection_string.to_string() })
+        let connection = Arc::new(Connection::new(settings)?);
+        Ok(EsdbEventStore { connection, target: connection_string.to_string() })
     }
 
-    fn error(&self, e: eventstore::Error, stream: Option<&StreamName>) -> StoreError {
+    /// The port's error for `e`, which client number `generation` returned;
+    /// a client that lost the server is replaced for the next call.
+    fn error(&self, e: eventstore::Error, stream: Option<&StreamName>, generation: u64) -> StoreError {
+        let error = self.classify(e, stream);
+        if matches!(error, StoreError::Unavailable(_)) {
+            self.connection.replace(generation);
+        }
+        error
+    }
+
+    fn classify(&self, e: eventstore::Error, stream: Option<&StreamName>) -> StoreError {
         use eventstore::Error as E;
         match (e, stream) {
             (E::ResourceNotFound, Some(s)) => StoreError::StreamNotFound(s.clone()),
@@ -85,7 +126,13 @@ impl EsdbEventStore {
         }
     }
 
-    async fn delete_error(&self, e: eventstore::Error, stream: &StreamName, expected: ExpectedRevision) -> StoreError {
+    async fn delete_error(
+        &self,
+        e: eventstore::Error,
+        stream: &StreamName,
+        expected: ExpectedRevision,
+        generation: u64,
+    ) -> StoreError {
         match e {
             eventstore::Error::Grpc { code: tonic::Code::FailedPrecondition, message }
                 if message.contains("WrongExpectedVersion") || message.contains("wrong expected") =>
@@ -95,7 +142,7 @@ impl EsdbEventStore {
                     Err(e) => e,
                 }
             }
-            e => self.error(e, Some(stream)),
+            e => self.error(e, Some(stream), generation),
         }
     }
 }
@@ -162,7 +209,8 @@ impl EventStore for EsdbEventStore {
     ) -> Result<AppendResult, StoreError> {
         let events = events.into_iter().map(event_data).collect::<Result<Vec<_>, _>>()?;
         let options = AppendToStreamOptions::default().expected_revision(expected_revision(expected));
-        match self.client.append_to_stream(stream.as_str(), &options, events).await {
+        let (generation, client) = self.connection.client();
+        match client.append_to_stream(stream.as_str(), &options, events).await {
             Ok(done) => Ok(AppendResult {
                 next_expected_revision: StreamRevision(done.next_expected_version),
                 position: position(done.position),
@@ -177,7 +225,7 @@ impl EventStore for EsdbEventStore {
             {
                 Err(StoreError::IdempotencyConflict { stream: stream.clone(), reason: message })
             }
-            Err(e) => Err(self.error(e, Some(stream))),
+            Err(e) => Err(self.error(e, Some(stream), generation)),
         }
     }
 
@@ -211,10 +259,11 @@ impl EventStore for EsdbEventStore {
             Direction::Forwards => options.forwards(),
             Direction::Backwards => options.backwards(),
         };
-        let mut read =
-            self.client.read_stream(stream.as_str(), &options).await.map_err(|e| self.error(e, Some(stream)))?;
+        let (generation, client) = self.connection.client();
+        let failed = |e| self.error(e, Some(stream), generation);
+        let mut read = client.read_stream(stream.as_str(), &options).await.map_err(failed)?;
         let mut out = Vec::new();
-        while let Some(resolved) = read.next().await.map_err(|e| self.error(e, Some(stream)))? {
+        while let Some(resolved) = read.next().await.map_err(failed)? {
             if let Some(event) = resolved.event.and_then(recorded) {
                 out.push(event);
             }
@@ -244,10 +293,12 @@ impl EventStore for EsdbEventStore {
                 Direction::Forwards => options.forwards(),
                 Direction::Backwards => options.backwards(),
             };
-            let mut read = self.client.read_all(&options).await.map_err(|e| self.error(e, None))?;
+            let (generation, client) = self.connection.client();
+            let failed = |e| self.error(e, None, generation);
+            let mut read = client.read_all(&options).await.map_err(failed)?;
             let mut got = 0;
             let mut last = None;
-            while let Some(resolved) = read.next().await.map_err(|e| self.error(e, None))? {
+            while let Some(resolved) = read.next().await.map_err(failed)? {
                 got += 1;
                 let Some(event) = resolved.event else { continue };
                 last = Some(position(event.position));
@@ -279,16 +330,17 @@ impl EventStore for EsdbEventStore {
         // cancelled (it then resubscribes), so a task owns it and hands
         // messages over a channel, whose `recv` is cancel-safe.
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
-        let pump = SubscriptionPump { client: self.client.clone(), target: self.target.clone(), filter, start };
+        let pump = SubscriptionPump { connection: self.connection.clone(), target: self.target.clone(), filter, start };
         tokio::spawn(pump.run(tx));
         Ok(Box::new(EsdbSubscription { messages: rx }))
     }
 
     async fn delete_stream(&self, stream: &StreamName, expected: ExpectedRevision) -> Result<DeleteResult, StoreError> {
         let options = DeleteStreamOptions::default().expected_revision(expected_revision(expected));
-        match self.client.delete_stream(stream.as_str(), &options).await {
+        let (generation, client) = self.connection.client();
+        match client.delete_stream(stream.as_str(), &options).await {
             Ok(p) => Ok(DeleteResult { position: p.map(position).unwrap_or(Position::START) }),
-            Err(e) => Err(self.delete_error(e, stream, expected).await),
+            Err(e) => Err(self.delete_error(e, stream, expected, generation).await),
         }
     }
 
@@ -298,9 +350,10 @@ impl EventStore for EsdbEventStore {
         expected: ExpectedRevision,
     ) -> Result<DeleteResult, StoreError> {
         let options = TombstoneStreamOptions::default().expected_revision(expected_revision(expected));
-        match self.client.tombstone_stream(stream.as_str(), &options).await {
+        let (generation, client) = self.connection.client();
+        match client.tombstone_stream(stream.as_str(), &options).await {
             Ok(p) => Ok(DeleteResult { position: p.map(position).unwrap_or(Position::START) }),
-            Err(e) => Err(self.delete_error(e, stream, expected).await),
+            Err(e) => Err(self.delete_error(e, stream, expected, generation).await),
         }
     }
 
@@ -331,7 +384,7 @@ impl Subscription for EsdbSubscription {
 /// Reads the client's subscription and resubscribes after the last event it
 /// delivered when the connection drops.
 struct SubscriptionPump {
-    client: Client,
+    connection: Arc<Connection>,
     target: String,
     filter: AllFilter,
     /// Where the next (re)subscription starts.
@@ -339,7 +392,7 @@ struct SubscriptionPump {
 }
 
 impl SubscriptionPump {
-    async fn subscribe(&self) -> eventstore::Subscription {
+    async fn subscribe(&self) -> (u64, eventstore::Subscription) {
         let position = match self.start {
             SubscriptionStart::Start => eventstore::StreamPosition::Start,
             SubscriptionStart::End => eventstore::StreamPosition::End,
@@ -355,13 +408,14 @@ impl SubscriptionPump {
         } else if !self.filter.system_streams {
             options = options.filter(SubscriptionFilter::on_event_type().exclude_system_events());
         }
-        self.client.subscribe_to_all(&options).await
+        let (generation, client) = self.connection.client();
+        (generation, client.subscribe_to_all(&options).await)
     }
 
     async fn run(mut self, tx: tokio::sync::mpsc::Sender<Result<SubscriptionMessage, StoreError>>) {
         let mut failures = 0u32;
         let mut pause = Duration::from_millis(50);
-        let mut subscription = self.subscribe().await;
+        let (mut generation, mut subscription) = self.subscribe().await;
         loop {
             let event = tokio::select! {
                 event = subscription.next_subscription_event() => event,
@@ -402,7 +456,8 @@ impl SubscriptionPump {
                         _ = tx.closed() => return,
                     }
                     pause = (pause * 2).min(MAX_BACKOFF);
-                    subscription = self.subscribe().await;
+                    self.connection.replace(generation);
+                    (generation, subscription) = self.subscribe().await;
                     continue;
                 }
             };
