@@ -37,6 +37,7 @@ use super::pb::event_store::client::server_features as features;
 use super::pb::event_store::client::streams as pb;
 use super::pb::google::rpc;
 use super::{expected_code, ticks, uuid_from_proto, uuid_to_proto, PROTOCOL_VERSION};
+use crate::store::{metadata_stream, TOMBSTONE_EVENT_TYPE};
 use pb::streams_server::{Streams, StreamsServer};
 
 /// Events read from the store at a time while serving a read.
@@ -164,11 +165,20 @@ fn bad_request(message: impl Into<String>) -> Status {
     with_trailers(Status::invalid_argument(message.clone()), &[("exception", "bad-request".into())])
 }
 
+/// A stream that may be written: system streams (`$…`) are refused.
 fn stream_name(id: Option<&es::StreamIdentifier>) -> Result<StreamName, Status> {
+    StreamName::new(stream_text(id)?).map_err(|e| bad_request(e.to_string()))
+}
+
+/// A stream that may be read: also the `$$<stream>` metadata streams deletes
+/// write to.
+fn readable_stream_name(id: Option<&es::StreamIdentifier>) -> Result<StreamName, Status> {
+    StreamName::stored(stream_text(id)?).map_err(|e| bad_request(e.to_string()))
+}
+
+fn stream_text(id: Option<&es::StreamIdentifier>) -> Result<String, Status> {
     let id = id.ok_or_else(|| bad_request("stream_identifier is required"))?;
-    let name = String::from_utf8(id.stream_name.clone())
-        .map_err(|_| bad_request("stream_identifier.stream_name is not UTF-8"))?;
-    StreamName::new(name).map_err(|e| bad_request(e.to_string()))
+    String::from_utf8(id.stream_name.clone()).map_err(|_| bad_request("stream_identifier.stream_name is not UTF-8"))
 }
 
 // ---------------------------------------------------------------------------
@@ -444,14 +454,24 @@ async fn read_all(
     }
 }
 
+/// What a subscription to one stream delivers: that stream's events after
+/// revision `after` (exclusive; EventStoreDB skips every event at or before
+/// the requested revision, even those written after the subscription
+/// started, when the stream was shorter).
+struct OnlyStream {
+    stream: StreamName,
+    after: Option<u64>,
+}
+
 /// A catch-up subscription to `$all` (or, with `only`, to one stream):
 /// confirmation, the events after `start`, caught-up, then live events. It
-/// ends only when the client goes away or the store fails.
+/// ends only when the client goes away or the store fails, or, for a stream,
+/// with `stream-deleted` when the stream is tombstoned (as EventStoreDB's).
 #[allow(clippy::too_many_arguments)]
 async fn subscribe(
     store: Arc<dyn EventStore>,
     start: SubscriptionStart,
-    only: Option<StreamName>,
+    only: Option<OnlyStream>,
     filter: EventFilter,
     checkpoint_every: u64,
     encoding: Encoding,
@@ -459,7 +479,12 @@ async fn subscribe(
     tx: ReadSender,
 ) {
     let all = match &only {
-        Some(stream) => AllFilter::streams_starting_with(&[stream.as_str()]),
+        // The stream's events and its delete markers.
+        Some(only) => AllFilter {
+            stream_prefixes: vec![only.stream.as_str().to_string(), metadata_stream(&only.stream)],
+            event_type_prefixes: Vec::new(),
+            system_streams: true,
+        },
         None => AllFilter::with_system_streams(),
     };
     let mut subscription = match store.subscribe_all(start, all).await {
@@ -487,8 +512,14 @@ async fn subscribe(
         };
         let sent = match message {
             Ok(SubscriptionMessage::Event(e)) => {
-                if only.as_ref().is_some_and(|s| *s != e.stream) {
-                    continue;
+                if let Some(only) = &only {
+                    if e.event_type == TOMBSTONE_EVENT_TYPE && e.stream.as_str() == metadata_stream(&only.stream) {
+                        send(&tx, Err(store_status(StoreError::StreamDeleted(only.stream.clone())))).await;
+                        return;
+                    }
+                    if only.stream != e.stream || only.after.is_some_and(|after| e.revision.0 <= after) {
+                        continue;
+                    }
                 }
                 if filter.matches(&e) {
                     skipped = 0;
@@ -570,7 +601,7 @@ impl Streams for StreamsService {
         let store = self.store.clone();
         match (options.stream_option, options.count_option) {
             (Some(StreamOption::Stream(s)), Some(CountOption::Count(count))) => {
-                let stream = stream_name(s.stream_identifier.as_ref())?;
+                let stream = readable_stream_name(s.stream_identifier.as_ref())?;
                 let from = match s.revision_option {
                     Some(RevisionOption::Revision(r)) => StreamStart::Revision(StreamRevision(r)),
                     Some(RevisionOption::End(_)) => StreamStart::End,
@@ -580,10 +611,10 @@ impl Streams for StreamsService {
             }
             (Some(StreamOption::Stream(s)), Some(CountOption::Subscription(_))) => {
                 let stream = stream_name(s.stream_identifier.as_ref())?;
-                let start = match s.revision_option {
-                    Some(RevisionOption::Revision(r)) => after_revision(&store, &stream, r).await?,
-                    Some(RevisionOption::End(_)) => SubscriptionStart::End,
-                    Some(RevisionOption::Start(_)) | None => SubscriptionStart::Start,
+                let (start, after) = match s.revision_option {
+                    Some(RevisionOption::Revision(r)) => (after_revision(&store, &stream, r).await?, Some(r)),
+                    Some(RevisionOption::End(_)) => (SubscriptionStart::End, None),
+                    Some(RevisionOption::Start(_)) | None => (SubscriptionStart::Start, None),
                 };
                 // A tombstoned stream cannot be subscribed to.
                 if let Err(StoreError::StreamDeleted(s)) =
@@ -592,7 +623,8 @@ impl Streams for StreamsService {
                     return Err(store_status(StoreError::StreamDeleted(s)));
                 }
                 let stop = self.stop.clone();
-                tokio::spawn(subscribe(store, start, Some(stream), EventFilter::Everything, 0, encoding, stop, tx));
+                let only = OnlyStream { stream, after };
+                tokio::spawn(subscribe(store, start, Some(only), EventFilter::Everything, 0, encoding, stop, tx));
             }
             (Some(StreamOption::All(a)), Some(CountOption::Count(count))) => {
                 let from = match a.all_option {

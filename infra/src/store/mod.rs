@@ -19,5 +19,7 @@ mod subscription;
 
 pub use esdb::EsdbEventStore;
 pub use memory::InMemoryEventStore;
+/// Where deletes write their markers and the tombstone's type, as EventStoreDB names them.
+pub(crate) use semantics::{metadata_stream, TOMBSTONE_EVENT_TYPE};
 pub(crate) use sqlite::{plain_connection, INSERT_EVENT};
 pub use sqlite::{SqliteEventStore, SqliteOptions};
