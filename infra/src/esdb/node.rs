@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::Stream;
 use referral_domain::eventlog::{
@@ -26,10 +27,13 @@ use referral_domain::eventlog::{
     StoreError, StreamName, StreamRevision, StreamStart, SubscriptionMessage, SubscriptionStart,
 };
 use regex::Regex;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::event_store::client as es;
@@ -51,8 +55,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .expect("a bound listener can be served");
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        accepted.map(|stream| {
+            let _ = stream.set_nodelay(true);
+            QuickAck(stream)
+        })
+    });
     let (mut health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<StreamsServer<StreamsService>>().await;
     // Subscriptions never end on their own; on shutdown they end with
@@ -69,6 +77,59 @@ pub async fn run(
         .add_service(features::server_features_server::ServerFeaturesServer::new(FeaturesService))
         .serve_with_incoming_shutdown(incoming, signal)
         .await
+}
+
+/// A connection that acknowledges what it reads at once.
+///
+/// Clients that leave Nagle's algorithm on (the official Rust client does)
+/// hold the last small segment of a call until the previous one is
+/// acknowledged, and Linux delays that acknowledgement by up to 40 ms while
+/// the server has nothing to send yet: every lone append waited that long.
+/// Quick-ack mode is not sticky, so it is set again after each read.
+struct QuickAck(TcpStream);
+
+impl AsyncRead for QuickAck {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let read = Pin::new(&mut self.0).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+        read
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Connected for QuickAck {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.connect_info()
+    }
 }
 
 /// `event_store.client.streams.Streams` over an `EventStore`.
