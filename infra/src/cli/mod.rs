@@ -164,6 +164,17 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// Success, or the error on standard error and a failing exit code.
+fn exit_code(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn esdb_node(args: EsdbNodeArgs) -> ExitCode {
     let result = async {
         let store = server::open_embedded_store(&args.data_dir).map_err(|e| e.to_string())?;
@@ -177,13 +188,7 @@ async fn esdb_node(args: EsdbNodeArgs) -> ExitCode {
         Ok::<(), String>(())
     }
     .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
@@ -210,13 +215,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok::<(), String>(())
     }
     .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 fn token_add(role: &str, partner: Option<&str>, name: Option<&str>, data_dir: &std::path::Path) -> ExitCode {
