@@ -44,10 +44,7 @@ impl StreamName {
         if name.starts_with('$') {
             return Err(InvalidStreamName { name, reason: "starts with '$' (reserved for system streams)" });
         }
-        if name.chars().any(char::is_control) {
-            return Err(InvalidStreamName { name, reason: "contains a control character" });
-        }
-        Ok(Self(name))
+        Self::without_control_characters(name)
     }
 
     /// A system stream's name, such as the `$$<stream>` metadata stream a
@@ -59,9 +56,14 @@ impl StreamName {
         if !name.starts_with('$') {
             return Err(InvalidStreamName { name, reason: "does not start with '$' (system streams do)" });
         }
+        // `$$` and an ordinary stream's name.
         if name.len() > MAX_STREAM_NAME_LEN + 2 {
             return Err(InvalidStreamName { name, reason: "is longer than 258 bytes" });
         }
+        Self::without_control_characters(name)
+    }
+
+    fn without_control_characters(name: String) -> Result<Self, InvalidStreamName> {
         if name.chars().any(char::is_control) {
             return Err(InvalidStreamName { name, reason: "contains a control character" });
         }

@@ -47,7 +47,7 @@ pub struct TestServer {
     running: Running,
 }
 
-type NodeTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+pub type NodeTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// The server task and, for [`EventBackend::EsdbNode`], the node task, with
 /// their shutdown senders. The node is stopped only after the server.
@@ -180,6 +180,27 @@ impl TestServer {
     }
 }
 
+/// An EventStoreDB-compatible node serving `store` in this process, bound to
+/// `addr` (`127.0.0.1:0` for any free port): its address, the sender that
+/// stops it (dropping it stops it too) and its task.
+pub async fn spawn_esdb_node(
+    store: Arc<dyn EventStore>,
+    addr: SocketAddr,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, NodeTask) {
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the node's address");
+    let addr = listener.local_addr().expect("node address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(referral_infra::esdb::node::run(store, listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+/// Any free loopback port.
+pub fn any_loopback_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("a loopback address")
+}
+
 /// Starts an EventStoreDB-compatible node on a loopback port over a fresh
 /// embedded store in `dir`; the adapter connected to it, and the node's
 /// shutdown sender and task.
@@ -187,12 +208,7 @@ async fn start_esdb_node(dir: &Path) -> (Arc<dyn EventStore>, (tokio::sync::ones
     std::fs::create_dir_all(dir).expect("EventStoreDB node directory");
     let inner: Arc<dyn EventStore> =
         Arc::new(SqliteEventStore::open(&dir.join("events.db")).expect("open the node's store"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the node");
-    let node_addr = listener.local_addr().expect("node address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(referral_infra::esdb::node::run(inner, listener, async {
-        let _ = stopped.await;
-    }));
+    let (node_addr, stop, task) = spawn_esdb_node(inner, any_loopback_port()).await;
     let adapter = EsdbEventStore::connect(&format!("esdb://{node_addr}?tls=false")).expect("connect the adapter");
     (Arc::new(adapter), (stop, task))
 }

@@ -23,6 +23,7 @@ use referral_infra::esdb::pb::event_store::client as es;
 use referral_infra::esdb::pb::event_store::client::server_features::server_features_client::ServerFeaturesClient;
 use referral_infra::esdb::pb::event_store::client::streams as pb;
 use referral_infra::store::SqliteEventStore;
+use referral_tests::{any_loopback_port, spawn_esdb_node};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -53,12 +54,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store: Arc<dyn EventStore> =
             Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).expect("open sqlite store"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(referral_infra::esdb::node::run(store, listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, task) = spawn_esdb_node(store, any_loopback_port()).await;
         Node { addr, stop: Some(stop), task: Some(task), _dir: dir }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use referral_domain::eventlog::{AllFilter, AllStart, Direction, EventStore, StreamRevision};
 use referral_infra::store::SqliteEventStore;
+use referral_tests::{any_loopback_port, spawn_esdb_node};
 use tokio::process::Command;
 
 /// Upper bound for the client script (and for `npm ci`).
@@ -79,12 +80,7 @@ async fn official_node_client_appends_reads_and_subscribes() {
     let data = tempfile::tempdir().expect("temporary directory");
     let store: Arc<dyn EventStore> =
         Arc::new(SqliteEventStore::open(&data.path().join("events.db")).expect("open sqlite store"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
-    let addr = listener.local_addr().expect("local address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(referral_infra::esdb::node::run(store.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, node) = spawn_esdb_node(store.clone(), any_loopback_port()).await;
 
     let stream = format!("order-{}", uuid::Uuid::new_v4().simple());
     let connection = format!("esdb://{addr}?tls=false");

@@ -14,6 +14,7 @@ use referral_domain::eventlog::{
     SubscriptionStart,
 };
 use referral_infra::store::{EsdbEventStore, InMemoryEventStore, SqliteEventStore, SqliteOptions};
+use referral_tests::{any_loopback_port, spawn_esdb_node, NodeTask};
 use uuid::Uuid;
 
 type Store = Arc<dyn EventStore>;
@@ -59,12 +60,7 @@ impl Backend {
     async fn esdb() -> Backend {
         let dir = tempfile::tempdir().expect("temporary directory");
         let inner: Store = Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).expect("open sqlite store"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
-        let addr = listener.local_addr().expect("local address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(referral_infra::esdb::node::run(inner, listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, _task) = spawn_esdb_node(inner, any_loopback_port()).await;
         let store = EsdbEventStore::connect(&format!("esdb://{addr}?tls=false")).expect("connect the adapter");
         Backend { store: Arc::new(store), _dir: Some(dir), _node: Some(stop) }
     }
@@ -1125,7 +1121,7 @@ async fn reopen_continues_positions() {
 struct RestartableNode {
     inner: Store,
     addr: std::net::SocketAddr,
-    running: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    running: Option<(tokio::sync::oneshot::Sender<()>, NodeTask)>,
 }
 
 impl RestartableNode {
@@ -1136,18 +1132,8 @@ impl RestartableNode {
     }
 
     async fn restart(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.expect("bind the node's address");
-        self.addr = listener.local_addr().expect("local address");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let inner = self.inner.clone();
-            async move {
-                let served = referral_infra::esdb::node::run(inner, listener, async {
-                    let _ = stopped.await;
-                });
-                served.await.expect("the node serves");
-            }
-        });
+        let (addr, stop, task) = spawn_esdb_node(self.inner.clone(), self.addr).await;
+        self.addr = addr;
         self.running = Some((stop, task));
     }
 
@@ -1158,7 +1144,8 @@ impl RestartableNode {
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("the node shuts down although a subscription is open")
-            .expect("the node task");
+            .expect("the node task")
+            .expect("the node serves");
     }
 }
 
