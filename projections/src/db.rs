@@ -8,7 +8,7 @@
 //! consistent and the lost tail is simply projected again.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use referral_domain::eventlog::Position;
@@ -18,6 +18,19 @@ use crate::ViewError;
 
 /// How many idle read connections are kept.
 const READ_POOL: usize = 8;
+/// Page cache of the writer, in KiB (SQLite's negative `cache_size`): it
+/// holds the pages every projection's writes touch.
+const WRITER_CACHE_KIB: i64 = -32_768;
+/// Page cache of each reading connection, in KiB. Every commit of the writer
+/// empties it, so it is kept small.
+const READER_CACHE_KIB: i64 = -8_192;
+/// WAL auto-checkpoint interval of the writer, in pages (SQLite's default is
+/// 1,000). Rebuilds change pages all over their tables; with checkpoints ten
+/// times further apart, a page that several commits change is copied from
+/// the WAL into the database once rather than once per checkpoint (measured:
+/// rebuilds 10-30 % faster). The WAL grows to about 40 MB before it is
+/// checkpointed.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 /// Handle on the view database. Cheap to clone.
 #[derive(Clone)]
@@ -27,10 +40,44 @@ pub struct ViewDb {
 
 struct Inner {
     path: PathBuf,
-    /// Serialises this process's write transactions, so that projection
-    /// workers queue in memory instead of sleeping in SQLite's busy handler.
-    write_lock: Mutex<()>,
+    /// The one connection this process writes through, opened on first use.
+    /// Write transactions queue on its lock in memory instead of sleeping in
+    /// SQLite's busy handler, and they share its page cache: a connection
+    /// drops its whole cache when it sees another connection's commit, so
+    /// projections writing through connections of their own would each
+    /// start every transaction cold.
+    writer: Mutex<Option<Connection>>,
     readers: Mutex<Vec<Connection>>,
+}
+
+/// A write transaction from [`ViewDb::begin`], holding the writer.
+pub struct OpenWrite<'a> {
+    writer: MutexGuard<'a, Option<Connection>>,
+    done: bool,
+}
+
+impl OpenWrite<'_> {
+    pub fn conn(&self) -> &Connection {
+        self.writer.as_ref().expect("a write transaction has its connection")
+    }
+
+    pub fn commit(mut self) -> rusqlite::Result<()> {
+        self.done = true;
+        let result = self.conn().execute_batch("COMMIT");
+        if result.is_err() {
+            // A failed COMMIT can leave the transaction open.
+            let _ = self.conn().execute_batch("ROLLBACK");
+        }
+        result
+    }
+}
+
+impl Drop for OpenWrite<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn().execute_batch("ROLLBACK");
+        }
+    }
 }
 
 /// One projection version as the registry records it.
@@ -60,7 +107,7 @@ impl ViewDb {
         let db = ViewDb {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                write_lock: Mutex::new(()),
+                writer: Mutex::new(None),
                 readers: Mutex::new(Vec::new()),
             }),
         };
@@ -89,27 +136,45 @@ impl ViewDb {
         &self.inner.path
     }
 
-    /// A new connection with the view database's settings.
+    /// A new connection with the view database's settings, for reading.
     pub fn connect(&self) -> Result<Connection, ViewError> {
+        Ok(self.open_connection(READER_CACHE_KIB)?)
+    }
+
+    fn open_connection(&self, cache_kib: i64) -> rusqlite::Result<Connection> {
         let conn = Connection::open(&self.inner.path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "cache_size", -32_768)?;
+        conn.pragma_update(None, "cache_size", cache_kib)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         Ok(conn)
     }
 
-    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) on `conn`, committing
-    /// when it returns `Ok`.
-    pub fn write<T, E>(&self, conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`), committing when
+    /// it returns `Ok`. Blocking; call from a blocking thread.
+    pub fn write<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
     where
         E: From<rusqlite::Error>,
     {
-        let _guard = self.inner.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
+        let open = self.begin()?;
+        let value = f(open.conn())?;
+        open.commit()?;
         Ok(value)
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`) that stays open until it
+    /// is committed or dropped (which rolls it back). This process's other
+    /// writers wait for it, so hold it only while there is work to do.
+    pub fn begin(&self) -> rusqlite::Result<OpenWrite<'_>> {
+        let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if writer.is_none() {
+            let conn = self.open_connection(WRITER_CACHE_KIB)?;
+            conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+            *writer = Some(conn);
+        }
+        let conn = writer.as_ref().expect("opened above");
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(OpenWrite { writer, done: false })
     }
 
     /// Runs `f` in a read transaction on a pooled connection: everything `f`

@@ -1,12 +1,14 @@
 //! The `deadlines` projection: when each referral still New falls due to
 //! expire. The expiry scheduler reads it to find the referrals to expire.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use referral_domain::codec::DomainEvent;
 use referral_domain::referral::ReferralEvent;
 use rusqlite::{params, Connection};
 
-use crate::projection::{from_micros, micros, BatchError, ProjectedEvent, Projection, Version};
+use crate::projection::{from_micros, micros, Applier, ApplyError, BatchError, ProjectedEvent, Projection, Version};
 use crate::ViewError;
 
 pub const NAME: &str = "deadlines";
@@ -51,32 +53,62 @@ impl Projection for DeadlinesProjection {
         vec![format!("CREATE INDEX IF NOT EXISTS {t}_by_time ON {t} (expires_at, referral)")]
     }
 
-    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
-        let t = version.table(TABLE);
-        for (index, e) in events.iter().enumerate() {
-            let fail = |error: rusqlite::Error| BatchError { index, error: error.into() };
+    fn applier(&self, version: Version) -> Box<dyn Applier> {
+        Box::new(DeadlinesApplier { version, pending: HashMap::new() })
+    }
+}
+
+/// Holds each referral's change until the flush: most referrals are answered
+/// soon after they arrive, so a rebuild that applies both events in one
+/// transaction writes nothing for them.
+struct DeadlinesApplier {
+    version: Version,
+    /// Referral id to its deadline (partner, expires-at), or `None` once it
+    /// left New.
+    pending: HashMap<String, Option<(String, i64)>>,
+}
+
+impl Applier for DeadlinesApplier {
+    fn apply(&mut self, _conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+        for e in events {
             match &e.event {
                 DomainEvent::Referral(ReferralEvent::Received(r)) => {
-                    conn.prepare_cached(&format!(
-                        "INSERT OR REPLACE INTO {t} (referral, partner, expires_at) VALUES (?1, ?2, ?3)"
-                    ))
-                    .and_then(|mut s| {
-                        s.execute(params![r.referral.to_string(), r.partner.as_str(), micros(r.expires_at)])
-                    })
-                    .map_err(fail)?;
+                    let deadline = (r.partner.as_str().to_string(), micros(r.expires_at));
+                    self.pending.insert(r.referral.to_string(), Some(deadline));
                 }
                 // Any answer or expiry takes the referral out of New for good.
                 DomainEvent::Referral(
                     event @ (ReferralEvent::Accepted(_) | ReferralEvent::Declined(_) | ReferralEvent::Expired(_)),
                 ) => {
-                    conn.prepare_cached(&format!("DELETE FROM {t} WHERE referral = ?1"))
-                        .and_then(|mut s| s.execute([event.referral().to_string()]))
-                        .map_err(fail)?;
+                    self.pending.insert(event.referral().to_string(), None);
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    fn flush(&mut self, conn: &Connection) -> Result<(), ApplyError> {
+        let t = self.version.table(TABLE);
+        let mut insert = conn.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO {t} (referral, partner, expires_at) VALUES (?1, ?2, ?3)"
+        ))?;
+        for (referral, deadline) in &self.pending {
+            if let Some((partner, expires_at)) = deadline {
+                insert.execute(params![referral, partner, expires_at])?;
+            }
+        }
+        let mut delete = conn.prepare_cached(&format!("DELETE FROM {t} WHERE referral = ?1"))?;
+        for (referral, deadline) in self.pending.drain() {
+            if deadline.is_none() {
+                delete.execute([referral])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.pending.clear();
     }
 }
 

@@ -15,7 +15,7 @@ use referral_domain::referral::ReferralEvent;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::projection::{from_micros, micros, ApplyError, BatchError, ProjectedEvent, Projection, Version};
+use crate::projection::{from_micros, micros, Applier, ApplyError, BatchError, ProjectedEvent, Projection, Version};
 use crate::ViewError;
 
 pub const NAME: &str = "history";
@@ -132,22 +132,39 @@ struct Tracked {
 type StatKey = (String, String, String, String);
 type ReasonKey = (String, String, &'static str, String);
 
+/// A `history_referrals` row's change held until the flush.
 #[derive(Default)]
-struct BatchState {
-    tracked: HashMap<String, Tracked>,
-    stats: HashMap<StatKey, Counts>,
-    reasons: HashMap<ReasonKey, u64>,
+struct RowChange {
+    /// The row does not exist yet: insert it.
+    new: bool,
+    status: Option<&'static str>,
+    /// Responded at (micros) and the response time in seconds.
+    responded: Option<(i64, i64)>,
 }
 
-impl BatchState {
-    fn tracked(&mut self, conn: &Connection, version: Version, referral: &str) -> Result<Tracked, ApplyError> {
+/// Sums counters and reasons in memory and holds each referral's row change
+/// until the flush, so a rebuild writes each counter row once per flush and
+/// each referral's row once per flush it changed in. Nothing is kept across a
+/// flush.
+struct HistoryApplier {
+    version: Version,
+    tracked: HashMap<String, Tracked>,
+    rows: HashMap<String, RowChange>,
+    stats: HashMap<StatKey, Counts>,
+    reasons: HashMap<ReasonKey, u64>,
+    /// Deals reported since the flush, with their partners.
+    deals: Vec<(String, Deal)>,
+}
+
+impl HistoryApplier {
+    fn tracked(&mut self, conn: &Connection, referral: &str) -> Result<Tracked, ApplyError> {
         if let Some(t) = self.tracked.get(referral) {
             return Ok(t.clone());
         }
         let features: Option<(String, String, i64, String)> = conn
             .prepare_cached(&format!(
                 "SELECT partner, region, received_at, features FROM {} WHERE referral = ?1",
-                version.table(REFERRALS)
+                self.version.table(REFERRALS)
             ))?
             .query_row([referral], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
             .optional()?;
@@ -169,6 +186,116 @@ impl BatchState {
             bump(self.stats.entry(key).or_default());
         }
     }
+
+    fn respond(&mut self, id: String, t: &Tracked, at: DateTime<Utc>, status: &'static str) {
+        let seconds = (micros(at) - t.received_at).max(0) / 1_000_000;
+        let row = self.rows.entry(id).or_default();
+        row.status = Some(status);
+        row.responded = Some((micros(at), seconds));
+    }
+
+    fn close(&mut self, id: String, status: &'static str) {
+        self.rows.entry(id).or_default().status = Some(status);
+    }
+
+    fn apply_one(&mut self, conn: &Connection, e: &ProjectedEvent) -> Result<(), ApplyError> {
+        let DomainEvent::Referral(event) = &e.event else { return Ok(()) };
+        let id = event.referral().to_string();
+        match event {
+            ReferralEvent::Received(r) => {
+                let t = Tracked {
+                    partner: r.partner.as_str().to_string(),
+                    region: r.region.as_str().to_string(),
+                    received_at: micros(r.received_at),
+                    features: features(r),
+                };
+                self.count(&t, |c| c.received += 1);
+                self.rows.insert(id.clone(), RowChange { new: true, status: Some("new"), responded: None });
+                self.tracked.insert(id, t);
+            }
+            ReferralEvent::Accepted(a) => {
+                let t = self.tracked(conn, &id)?;
+                self.respond(id, &t, a.accepted_at, "active");
+                self.count(&t, |c| c.accepted += 1);
+            }
+            ReferralEvent::Declined(d) => {
+                let t = self.tracked(conn, &id)?;
+                self.respond(id, &t, d.declined_at, "declined");
+                self.count(&t, |c| c.declined += 1);
+                let key = (t.partner.clone(), t.region.clone(), "declined", d.reason.code.as_str().to_string());
+                *self.reasons.entry(key).or_default() += 1;
+            }
+            ReferralEvent::Expired(_) => {
+                let t = self.tracked(conn, &id)?;
+                self.close(id, "expired");
+                self.count(&t, |c| c.expired += 1);
+            }
+            ReferralEvent::Won(w) => {
+                let t = self.tracked(conn, &id)?;
+                self.close(id.clone(), "won");
+                self.count(&t, |c| c.won += 1);
+                let partner = t.partner.clone();
+                self.deals.push((
+                    partner,
+                    Deal {
+                        referral: id,
+                        region: t.region.clone(),
+                        currency: w.final_value.currency.code().to_string(),
+                        minor_units: w.final_value.minor_units,
+                        closed_on: w.closed_on,
+                        reported_at: w.reported_at,
+                    },
+                ));
+            }
+            ReferralEvent::Lost(l) => {
+                let t = self.tracked(conn, &id)?;
+                self.close(id, "lost");
+                self.count(&t, |c| c.lost += 1);
+                let key = (t.partner.clone(), t.region.clone(), "lost", l.reason.code.as_str().to_string());
+                *self.reasons.entry(key).or_default() += 1;
+            }
+            ReferralEvent::ContactAdded(_) | ReferralEvent::EngagementUpdated(_) => {}
+        }
+        Ok(())
+    }
+
+    fn write_rows(&mut self, conn: &Connection) -> Result<(), ApplyError> {
+        let t_ref = self.version.table(REFERRALS);
+        let mut insert = conn.prepare_cached(&format!(
+            "INSERT INTO {t_ref} (referral, partner, region, received_at, status, responded_at, response_seconds,
+                 features)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ))?;
+        let mut respond = conn.prepare_cached(&format!(
+            "UPDATE {t_ref} SET status = ?2, responded_at = ?3, response_seconds = ?4 WHERE referral = ?1"
+        ))?;
+        let mut close = conn.prepare_cached(&format!("UPDATE {t_ref} SET status = ?2 WHERE referral = ?1"))?;
+        for (id, change) in self.rows.drain() {
+            let status = change.status.unwrap_or("new");
+            let (responded_at, seconds) = change.responded.unzip();
+            if change.new {
+                let t = self.tracked.get(&id).ok_or_else(|| {
+                    ApplyError::Inconsistent(format!("referral {id} was received but is no longer tracked"))
+                })?;
+                let stored = serde_json::to_string(&t.features).map_err(|e| ApplyError::Inconsistent(e.to_string()))?;
+                insert.execute(params![
+                    id,
+                    t.partner,
+                    t.region,
+                    t.received_at,
+                    status,
+                    responded_at,
+                    seconds,
+                    stored
+                ])?;
+            } else if change.responded.is_some() {
+                respond.execute(params![id, status, responded_at, seconds])?;
+            } else {
+                close.execute(params![id, status])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn features(r: &referral_domain::referral::ReferralReceived) -> Vec<(String, String)> {
@@ -188,96 +315,16 @@ fn features(r: &referral_domain::referral::ReferralReceived) -> Vec<(String, Str
     f
 }
 
-impl HistoryProjection {
-    fn apply_one(
-        &self,
-        conn: &Connection,
-        version: Version,
-        batch: &mut BatchState,
-        e: &ProjectedEvent,
-    ) -> Result<(), ApplyError> {
-        let DomainEvent::Referral(event) = &e.event else { return Ok(()) };
-        let id = event.referral().to_string();
-        let t_ref = version.table(REFERRALS);
-        let respond = |conn: &Connection, t: &Tracked, at: DateTime<Utc>, status: &str| -> Result<(), ApplyError> {
-            let seconds = (micros(at) - t.received_at).max(0) / 1_000_000;
-            conn.prepare_cached(&format!(
-                "UPDATE {t_ref} SET status = ?2, responded_at = ?3, response_seconds = ?4 WHERE referral = ?1"
-            ))?
-            .execute(params![id, status, micros(at), seconds])?;
-            Ok(())
-        };
-        let close = |conn: &Connection, status: &str| -> Result<(), ApplyError> {
-            conn.prepare_cached(&format!("UPDATE {t_ref} SET status = ?2 WHERE referral = ?1"))?
-                .execute(params![id, status])?;
-            Ok(())
-        };
-        match event {
-            ReferralEvent::Received(r) => {
-                let t = Tracked {
-                    partner: r.partner.as_str().to_string(),
-                    region: r.region.as_str().to_string(),
-                    received_at: micros(r.received_at),
-                    features: features(r),
-                };
-                let stored = serde_json::to_string(&t.features).map_err(|e| ApplyError::Inconsistent(e.to_string()))?;
-                conn.prepare_cached(&format!(
-                    "INSERT INTO {t_ref} (referral, partner, region, received_at, status, features)
-                     VALUES (?1, ?2, ?3, ?4, 'new', ?5)"
-                ))?
-                .execute(params![id, t.partner, t.region, t.received_at, stored])?;
-                batch.count(&t, |c| c.received += 1);
-                batch.tracked.insert(id, t);
-            }
-            ReferralEvent::Accepted(a) => {
-                let t = batch.tracked(conn, version, &id)?;
-                respond(conn, &t, a.accepted_at, "active")?;
-                batch.count(&t, |c| c.accepted += 1);
-            }
-            ReferralEvent::Declined(d) => {
-                let t = batch.tracked(conn, version, &id)?;
-                respond(conn, &t, d.declined_at, "declined")?;
-                batch.count(&t, |c| c.declined += 1);
-                let key = (t.partner.clone(), t.region.clone(), "declined", d.reason.code.as_str().to_string());
-                *batch.reasons.entry(key).or_default() += 1;
-            }
-            ReferralEvent::Expired(_) => {
-                let t = batch.tracked(conn, version, &id)?;
-                close(conn, "expired")?;
-                batch.count(&t, |c| c.expired += 1);
-            }
-            ReferralEvent::Won(w) => {
-                let t = batch.tracked(conn, version, &id)?;
-                close(conn, "won")?;
-                batch.count(&t, |c| c.won += 1);
-                conn.prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO {} (referral, partner, region, currency, minor_units, closed_on, reported_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    version.table(DEALS)
-                ))?
-                .execute(params![
-                    id,
-                    t.partner,
-                    t.region,
-                    w.final_value.currency.code(),
-                    w.final_value.minor_units,
-                    w.closed_on.to_string(),
-                    micros(w.reported_at)
-                ])?;
-            }
-            ReferralEvent::Lost(l) => {
-                let t = batch.tracked(conn, version, &id)?;
-                close(conn, "lost")?;
-                batch.count(&t, |c| c.lost += 1);
-                let key = (t.partner.clone(), t.region.clone(), "lost", l.reason.code.as_str().to_string());
-                *batch.reasons.entry(key).or_default() += 1;
-            }
-            ReferralEvent::ContactAdded(_) | ReferralEvent::EngagementUpdated(_) => {}
+impl Applier for HistoryApplier {
+    fn apply(&mut self, conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+        for (index, e) in events.iter().enumerate() {
+            self.apply_one(conn, e).map_err(|error| BatchError { index, error })?;
         }
         Ok(())
     }
 
-    fn flush(&self, conn: &Connection, version: Version, batch: BatchState) -> Result<(), ApplyError> {
+    fn flush(&mut self, conn: &Connection) -> Result<(), ApplyError> {
+        self.write_rows(conn)?;
         let mut upsert = conn.prepare_cached(&format!(
             "INSERT INTO {} (partner, region, kind, value, received, accepted, declined, expired, won, lost)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -285,9 +332,9 @@ impl HistoryProjection {
                 received = received + excluded.received, accepted = accepted + excluded.accepted,
                 declined = declined + excluded.declined, expired = expired + excluded.expired,
                 won = won + excluded.won, lost = lost + excluded.lost",
-            version.table(STATS)
+            self.version.table(STATS)
         ))?;
-        for ((partner, region, kind, value), c) in batch.stats {
+        for ((partner, region, kind, value), c) in self.stats.drain() {
             upsert.execute(params![
                 partner,
                 region,
@@ -304,12 +351,37 @@ impl HistoryProjection {
         let mut reasons = conn.prepare_cached(&format!(
             "INSERT INTO {} (partner, region, outcome, reason, count) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (partner, region, outcome, reason) DO UPDATE SET count = count + excluded.count",
-            version.table(REASONS)
+            self.version.table(REASONS)
         ))?;
-        for ((partner, region, outcome, reason), n) in batch.reasons {
+        for ((partner, region, outcome, reason), n) in self.reasons.drain() {
             reasons.execute(params![partner, region, outcome, reason, n as i64])?;
         }
+        let mut deals = conn.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO {} (referral, partner, region, currency, minor_units, closed_on, reported_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            self.version.table(DEALS)
+        ))?;
+        for (partner, deal) in self.deals.drain(..) {
+            deals.execute(params![
+                deal.referral,
+                partner,
+                deal.region,
+                deal.currency,
+                deal.minor_units,
+                deal.closed_on.to_string(),
+                micros(deal.reported_at)
+            ])?;
+        }
+        self.tracked.clear();
         Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.tracked.clear();
+        self.rows.clear();
+        self.stats.clear();
+        self.reasons.clear();
+        self.deals.clear();
     }
 }
 
@@ -378,13 +450,15 @@ impl Projection for HistoryProjection {
         ]
     }
 
-    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
-        let mut batch = BatchState::default();
-        for (index, e) in events.iter().enumerate() {
-            self.apply_one(conn, version, &mut batch, e).map_err(|error| BatchError { index, error })?;
-        }
-        let last = events.len().saturating_sub(1);
-        self.flush(conn, version, batch).map_err(|error| BatchError { index: last, error })
+    fn applier(&self, version: Version) -> Box<dyn Applier> {
+        Box::new(HistoryApplier {
+            version,
+            tracked: HashMap::new(),
+            rows: HashMap::new(),
+            stats: HashMap::new(),
+            reasons: HashMap::new(),
+            deals: Vec::new(),
+        })
     }
 }
 

@@ -28,7 +28,7 @@ pub mod views;
 use std::sync::Arc;
 
 pub use db::ViewDb;
-pub use projection::{ProjectedEvent, Projection, Version};
+pub use projection::{Applier, ProjectedEvent, Projection, Version};
 pub use runner::{ProjectionStatus, Projector, RunState, RunnerOptions, VersionStatus};
 pub use views::Views;
 

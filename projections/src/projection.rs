@@ -77,10 +77,10 @@ pub struct BatchError {
 
 /// A projection: pure SQL over its own tables, driven by the runner.
 ///
-/// `apply_batch` runs inside the runner's write transaction, which also
-/// stores the checkpoint: either the whole batch and its checkpoint land, or
-/// nothing does. The runner never hands a projection an event at or before
-/// its checkpoint.
+/// The runner applies events through an [`Applier`] inside its write
+/// transaction, which also stores the checkpoint: either the events and
+/// their checkpoint land, or nothing does. The runner never hands a
+/// projection an event at or before its checkpoint.
 pub trait Projection: Send + Sync + 'static {
     /// Stable name, used in the registry, the CLI and the API.
     fn name(&self) -> &'static str;
@@ -97,8 +97,38 @@ pub trait Projection: Send + Sync + 'static {
     fn indexes(&self, _version: Version) -> Vec<String> {
         Vec::new()
     }
-    /// Applies `events` (in log order) to the tables of `version`.
-    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError>;
+    /// A new applier for the tables of `version`, with nothing held yet.
+    fn applier(&self, version: Version) -> Box<dyn Applier>;
+    /// Applies `events` (in log order) to the tables of `version` and writes
+    /// everything out: one applier, one `apply`, one `flush`.
+    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+        let mut applier = self.applier(version);
+        applier.apply(conn, events)?;
+        applier.flush(conn).map_err(|error| BatchError { index: events.len().saturating_sub(1), error })
+    }
+}
+
+/// Applies events to one version's tables in two steps: `apply` folds events
+/// into changes held in memory, `flush` writes them. A referral's row that
+/// four events change is then written once, and projections fold their
+/// events side by side while only their writes take turns.
+///
+/// The runner calls `apply` for consecutive runs of events outside any write
+/// transaction: it may read the tables (it sees what was committed, and must
+/// remember what it changed since) but never writes them. Then, in one write
+/// transaction, it calls `flush`, saves the checkpoint of the last event and
+/// commits. After `flush` the tables hold everything applied so far, so what
+/// the applier still keeps (clean rows it may reuse) matches the committed
+/// tables. When that transaction fails, or `apply` refuses an event, the
+/// runner calls `reset` and the applier forgets everything it holds.
+pub trait Applier: Send {
+    /// Folds `events`, in log order, after those applied before; reads but
+    /// never writes the tables.
+    fn apply(&mut self, conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError>;
+    /// Writes every change held in memory to the tables.
+    fn flush(&mut self, conn: &Connection) -> Result<(), ApplyError>;
+    /// Forgets everything held, applied or not.
+    fn reset(&mut self);
 }
 
 /// Creates the secondary indexes of `version` (those that do not exist yet).

@@ -7,7 +7,7 @@ use referral_domain::eventlog::{Position, StreamRevision};
 use rusqlite::{params, Connection};
 
 use crate::paging::{self, Cursor};
-use crate::projection::{from_micros, micros, BatchError, ProjectedEvent, Projection, Version};
+use crate::projection::{from_micros, micros, Applier, ApplyError, BatchError, ProjectedEvent, Projection, Version};
 use crate::referrals::Page;
 use crate::ViewError;
 
@@ -74,37 +74,81 @@ impl Projection for TimelineProjection {
         ))
     }
 
-    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
-        let sql = format!(
-            "INSERT OR IGNORE INTO {} (referral, revision, position_commit, position_prepare, event_type,
-                 occurred_at, recorded_at, actor, command_id, correlation_id, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            version.table(TABLE)
-        );
-        for (index, e) in events.iter().enumerate() {
-            let DomainEvent::Referral(event) = &e.event else { continue };
-            let fail = |error: rusqlite::Error| BatchError { index, error: error.into() };
-            let mut stmt = conn.prepare_cached(&sql).map_err(fail)?;
-            stmt.execute(params![
-                event.referral().to_string(),
-                e.revision.0 as i64,
-                e.position.commit as i64,
-                e.position.prepare as i64,
-                e.event_type,
-                micros(e.metadata.occurred_at),
-                micros(e.recorded_at),
-                e.metadata.actor,
-                e.metadata.command_id,
-                e.metadata.correlation_id,
-                String::from_utf8_lossy(&e.data),
-            ])
-            .map_err(fail)?;
-        }
-        Ok(())
+    fn applier(&self, version: Version) -> Box<dyn Applier> {
+        Box::new(TimelineApplier { version, pending: Vec::new() })
     }
 }
 
-/// A page of one referral's timeline, oldest first.
+/// Holds the rows of the events applied since the flush and inserts them
+/// there: `apply` runs outside the write transaction.
+struct TimelineApplier {
+    version: Version,
+    pending: Vec<PendingRow>,
+}
+
+struct PendingRow {
+    referral: String,
+    revision: i64,
+    position: Position,
+    event_type: String,
+    occurred_at: i64,
+    recorded_at: i64,
+    actor: String,
+    command_id: String,
+    correlation_id: String,
+    data: String,
+}
+
+impl Applier for TimelineApplier {
+    fn apply(&mut self, _conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+        for e in events {
+            let DomainEvent::Referral(event) = &e.event else { continue };
+            self.pending.push(PendingRow {
+                referral: event.referral().to_string(),
+                revision: e.revision.0 as i64,
+                position: e.position,
+                event_type: e.event_type.clone(),
+                occurred_at: micros(e.metadata.occurred_at),
+                recorded_at: micros(e.recorded_at),
+                actor: e.metadata.actor.clone(),
+                command_id: e.metadata.command_id.clone(),
+                correlation_id: e.metadata.correlation_id.clone(),
+                data: String::from_utf8_lossy(&e.data).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, conn: &Connection) -> Result<(), ApplyError> {
+        let mut insert = conn.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO {} (referral, revision, position_commit, position_prepare, event_type,
+                 occurred_at, recorded_at, actor, command_id, correlation_id, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            self.version.table(TABLE)
+        ))?;
+        for row in self.pending.drain(..) {
+            insert.execute(params![
+                row.referral,
+                row.revision,
+                row.position.commit as i64,
+                row.position.prepare as i64,
+                row.event_type,
+                row.occurred_at,
+                row.recorded_at,
+                row.actor,
+                row.command_id,
+                row.correlation_id,
+                row.data,
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.pending.clear();
+    }
+}
+
 pub fn page(
     conn: &Connection,
     version: Version,

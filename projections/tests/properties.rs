@@ -269,13 +269,13 @@ fn build_incrementally(
             let from = batch.seed as usize % done;
             let to = from + 1 + (batch.seed as usize / 7) % (done - from);
             let before = snapshot(conn, projection, 1);
-            let again = runner::commit(db, conn, projection, v1, &events[from..to]).expect("redelivery");
+            let again = runner::commit(db, projection, v1, &events[from..to]).expect("redelivery");
             prop_assert_eq!(again, Committed { applied: 0, checkpoint });
             prop_assert_eq!(&snapshot(conn, projection, 1), &before, "a redelivered range changed the view");
         }
         let end = (done + batch.size).min(events.len());
         let start = if batch.redeliver == 1 { done.saturating_sub(1 + batch.seed as usize % 5) } else { done };
-        let committed = runner::commit(db, conn, projection, v1, &events[start..end]).expect("commit");
+        let committed = runner::commit(db, projection, v1, &events[start..end]).expect("commit");
         prop_assert_eq!(
             committed,
             Committed { applied: (end - done) as u64, checkpoint: Some(events[end - 1].position) }
@@ -475,9 +475,9 @@ fn run(partners: usize, specs: &[ReferralSpec], moves: &[Move], plan: &[Batch]) 
 
         // Version 2, from scratch in one batch, next to version 1.
         let db = ViewDb::open(&path).unwrap();
-        let mut conn = db.connect().unwrap();
+        let conn = db.connect().unwrap();
         register_version(&conn, p, 2, false);
-        let all = runner::commit(&db, &mut conn, p, Version(2), events).unwrap();
+        let all = runner::commit(&db, p, Version(2), events).unwrap();
         prop_assert_eq!(all, Committed { applied: events.len() as u64, checkpoint: Some(log.last_position()) });
 
         let (one, two) = (snapshot(&conn, p, 1), snapshot(&conn, p, 2));

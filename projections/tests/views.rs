@@ -26,9 +26,8 @@ fn views_of(dir: &tempfile::TempDir, log: &Log) -> (ViewDb, Views) {
 
 /// Applies `events` (the log's tail) to every projection's version 1.
 fn apply(db: &ViewDb, events: &[referral_projections::ProjectedEvent]) {
-    let mut conn = db.connect().unwrap();
     for p in referral_projections::all_projections() {
-        runner::commit(db, &mut conn, p.as_ref(), Version(1), events).unwrap();
+        runner::commit(db, p.as_ref(), Version(1), events).unwrap();
     }
 }
 

@@ -844,6 +844,46 @@ async fn an_event_one_projection_cannot_apply_stops_only_that_projection() {
     projector.shutdown().await;
 }
 
+/// Catching up, an applier holds many batches' changes before it commits.
+/// When it meets an event it cannot apply, what it held is dropped with its
+/// transaction; the worker replays from the checkpoint one batch at a time,
+/// so everything before the event is still committed and the failure is
+/// recorded at the event, as when live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_refused_while_catching_up_keeps_everything_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let h = handler(store.clone());
+    register(&h, A).await;
+    register(&h, B).await;
+    let written = submit_many(&h, 0, 150).await;
+    let ghost = ReferralId(Uuid::new_v4());
+    let event = DomainEvent::Referral(ReferralEvent::Expired(referral_domain::referral::ReferralExpired {
+        referral: ghost,
+        expired_at: test_epoch(),
+    }));
+    let metadata: EventMetadata = serde_json::from_slice(&metadata()).unwrap();
+    let data = codec::encode(Uuid::new_v4(), &event, &metadata);
+    let ghost_at = store.append(&ghost.stream(), ExpectedRevision::NoStream, vec![data]).await.unwrap().position;
+    let after = submit_many(&h, 150, 10).await;
+    let before = written.last.expect("written");
+    let projected_before = projected_log(&store).await.iter().filter(|e| e.position < ghost_at).count() as u64;
+
+    // Started only now, the projector catches up over all of it.
+    let projector = start_projector(store.clone(), dir.path(), small_batches()).await;
+    let views = Views::new(projector.db().clone());
+    for name in ["referrals", "history"] {
+        let (v, at, message) = failed(&projector, name).await;
+        assert_eq!((at, v.checkpoint, v.events_applied), (ghost_at, Some(before), projected_before), "{name}");
+        assert!(message.contains(&format!("referral-{ghost}")), "{name}: {message}");
+    }
+    assert_eq!(views.history(A.into(), None).await.unwrap().counts.received, 150);
+    assert_eq!(status_of(&views, written.ours[149]).await, Some(Status::New));
+    assert_eq!(status_of(&views, after.ours[0]).await, None, "nothing after the failure");
+    projector.wait_for("timeline", after.last.expect("after"), PATIENCE).await.expect("timeline carries on");
+    projector.shutdown().await;
+}
+
 /// A retry wakes the stopped worker however soon it follows the failure.
 /// Retried the moment each failure shows, again and again, every projection
 /// must fail again every time. (A retry that came between the worker reading

@@ -257,7 +257,6 @@ fn fill(db: &ViewDb, referrals: u64) -> Result<Partners, BenchError> {
     let until = Utc::now();
     let from = until - chrono::Duration::days(DAYS);
     let mut workload = Workload::new(SEED, PARTNERS, from);
-    let mut conn = db.connect().map_err(setup)?;
     let projection = ReferralsProjection;
     let span = (until - from).num_microseconds().unwrap_or(i64::MAX);
     let mut batch: Vec<ProjectedEvent> = Vec::with_capacity(FILL_BATCH + 16);
@@ -279,7 +278,7 @@ fn fill(db: &ViewDb, referrals: u64) -> Result<Partners, BenchError> {
             });
         }
         if batch.len() >= FILL_BATCH || i + 1 == referrals {
-            runner::commit(db, &mut conn, &projection, Version(1), &batch)
+            runner::commit(db, &projection, Version(1), &batch)
                 .map_err(|e| setup(format!("filling the view failed: {e:?}")))?;
             batch.clear();
         }

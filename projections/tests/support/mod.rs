@@ -302,11 +302,11 @@ pub fn register_version(conn: &Connection, projection: &dyn Projection, version:
 /// `events` applied to each in one batch.
 pub fn build_views(path: &Path, events: &[ProjectedEvent]) -> ViewDb {
     let db = ViewDb::open(path).expect("open views");
-    let mut conn = db.connect().expect("connect");
+    let conn = db.connect().expect("connect");
     for p in referral_projections::all_projections() {
         register_version(&conn, p.as_ref(), 1, true);
         if !events.is_empty() {
-            runner::commit(&db, &mut conn, p.as_ref(), Version(1), events).expect("commit");
+            runner::commit(&db, p.as_ref(), Version(1), events).expect("commit");
         }
     }
     db
