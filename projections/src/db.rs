@@ -169,6 +169,10 @@ impl ViewDb {
         let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         if writer.is_none() {
             let conn = self.open_connection(WRITER_CACHE_KIB)?;
+            // Building a rebuilt version's indexes sorts every row of its
+            // tables: in temporary files, not in memory, so that the memory a
+            // rebuild takes does not grow with the log.
+            conn.pragma_update(None, "temp_store", "FILE")?;
             conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
             *writer = Some(conn);
         }
