@@ -93,16 +93,12 @@ impl Applier for DeadlinesApplier {
         let mut insert = conn.prepare_cached(&format!(
             "INSERT OR REPLACE INTO {t} (referral, partner, expires_at) VALUES (?1, ?2, ?3)"
         ))?;
-        for (referral, deadline) in &self.pending {
-            if let Some((partner, expires_at)) = deadline {
-                insert.execute(params![referral, partner, expires_at])?;
-            }
-        }
         let mut delete = conn.prepare_cached(&format!("DELETE FROM {t} WHERE referral = ?1"))?;
         for (referral, deadline) in self.pending.drain() {
-            if deadline.is_none() {
-                delete.execute([referral])?;
-            }
+            match deadline {
+                Some((partner, expires_at)) => insert.execute(params![referral, partner, expires_at])?,
+                None => delete.execute([referral])?,
+            };
         }
         Ok(())
     }
