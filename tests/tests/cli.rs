@@ -616,3 +616,52 @@ async fn a_failed_projection_shows_where_it_stopped_and_retry_says_it_was_failed
     assert!(resumed.stderr.contains("an earlier run left version 2 of history unfinished"), "{}", resumed.describe());
     assert!(resumed.stderr.contains(&format!("stopped at position {bad}")), "{}", resumed.describe());
 }
+
+/// `bench rebuild` runs the baseline and every rebuild in a process of its
+/// own and reports each one's events/s and peak RSS, with the JSON keys the
+/// benchmarks promise. (A smoke test of the mechanism: no timing is checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_rebuild_measures_each_phase_in_its_own_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let report =
+        cli(&["bench", "rebuild", "--events", "400", "--json", "--data-dir", path(dir.path())]).await.json();
+    for key in ["scenario", "value", "unit", "baseline", "ratio", "peak_rss_mb"] {
+        assert!(!report[key].is_null(), "{key} is missing: {report:#}");
+    }
+    assert_eq!(report["scenario"], "rebuild");
+    let rows = report["rows"].as_array().expect("rows");
+    let labels: Vec<&str> = rows.iter().map(|r| r["label"].as_str().unwrap_or("")).collect();
+    assert_eq!(
+        labels,
+        ["all 4 at once", "referrals", "timeline", "history", "deadlines", "all 4 at once"],
+        "{report:#}"
+    );
+    for row in rows {
+        assert!(row["value"].as_f64().unwrap_or(0.0) > 0.0, "{row:#}");
+        assert!(row["baseline"].as_f64().unwrap_or(0.0) > 0.0, "{row:#}");
+        // A child process's own high-water mark: some memory, far from none.
+        assert!(row["peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0, "{row:#}");
+        assert!(row["baseline_peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0, "{row:#}");
+    }
+    assert_eq!(rows.last().unwrap()["value"], report["value"], "the headline is all four at once over every event");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("bench-rebuild-phase"), "{notes}");
+
+    // A phase that cannot run says why.
+    let failed = cli(&[
+        "bench-rebuild-phase",
+        "--store",
+        path(&dir.path().join("missing.db")),
+        "--views",
+        path(&dir.path().join("views.db")),
+        "--phase",
+        "nope",
+        "--head",
+        "1",
+        "--batch-size",
+        "10",
+    ])
+    .await
+    .failed();
+    assert!(failed.stderr.contains("error:"), "{}", failed.describe());
+}

@@ -20,10 +20,14 @@
 //!   head (`Projector::wait_for`, which the runner only answers once the
 //!   rebuilt version has been swapped in, confirmed with `status`).
 //!
-//! The peak RSS of each phase is the kernel's high-water mark (`VmHWM`),
-//! reset before the phase.
+//! Each measured phase (the baseline, each rebuild) runs in a fresh child
+//! process, `referral-engine bench-rebuild-phase`, that opens the store and
+//! a new view database from disk, as an operator's rebuild does; its peak RSS
+//! is that process's high-water mark (`VmHWM`), so nothing the set-up or an
+//! earlier phase left in the allocator counts towards it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,13 +42,22 @@ use referral_projections::runner::projected_streams;
 use referral_projections::{all_projections, ProjectedEvent, Projection, Projector, RunnerOptions, ViewDb};
 use uuid::Uuid;
 
+use serde::{Deserialize, Serialize};
+
 use super::workload::{Generated, Workload};
-use super::{BenchError, BenchReport, BenchRow, Layout, PhasePeaks};
+use super::{peak_rss_mb, BenchError, BenchReport, BenchRow, Layout};
 use crate::store::{SqliteEventStore, SqliteOptions};
 
 const BASELINE: &str =
     "the same events read and decoded without writing views: one subscribe_all from the start until \
-                        CaughtUp, ProjectedEvent::decode on each (what one projection's feeder does), same process";
+                        CaughtUp, ProjectedEvent::decode on each (what one projection's feeder does), in a process of \
+                        its own like each rebuild";
+/// The hidden subcommand that runs one measured phase.
+pub const PHASE_COMMAND: &str = "bench-rebuild-phase";
+/// The phase that reads and decodes without writing views.
+const BASELINE_PHASE: &str = "baseline";
+/// The phase that rebuilds every projection at once.
+const ALL_PHASE: &str = "all";
 const SEED: u64 = 0x5eed_0001;
 /// Partners in the generated log (a few large, a long tail of small ones).
 const PARTNERS: usize = 400;
@@ -169,6 +182,91 @@ struct Rebuilt {
     each: Vec<(&'static str, f64)>,
 }
 
+/// One measured phase, as its process reports it on standard output.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PhaseOutcome {
+    pub seconds: f64,
+    /// Per projection, seconds until its new version was active at the head.
+    pub each: Vec<(String, f64)>,
+    /// The phase process's peak resident set size, MB.
+    pub peak_rss_mb: f64,
+}
+
+/// Runs one phase in this process: `phase` is `baseline`, `all`, or the name
+/// of one projection; `store` holds a log whose head is at `head`.
+pub async fn run_phase(
+    store_path: &Path,
+    views_path: &Path,
+    phase: &str,
+    head: u64,
+    options: RunnerOptions,
+) -> Result<PhaseOutcome, BenchError> {
+    let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(store_path).map_err(setup)?);
+    let at = store.head_position().await.map_err(setup)?.ok_or_else(|| setup("the log is empty"))?;
+    if at.commit != head {
+        return Err(setup(format!("the log's head is at {at}, expected {head}")));
+    }
+    let (seconds, each) = if phase == BASELINE_PHASE {
+        let began = Instant::now();
+        let decoded = read_and_decode(store.clone()).await?;
+        if decoded != head {
+            return Err(BenchError::Operation(format!("the baseline read {decoded} events, expected {head}")));
+        }
+        (began.elapsed().as_secs_f64(), Vec::new())
+    } else {
+        let projections: Vec<Arc<dyn Projection>> = if phase == ALL_PHASE {
+            all_projections()
+        } else {
+            all_projections().into_iter().filter(|p| p.name() == phase).collect()
+        };
+        if projections.is_empty() {
+            return Err(setup(format!("no projection is named {phase:?}")));
+        }
+        let rebuilt = rebuild(store.clone(), views_path, projections, at, options).await?;
+        (rebuilt.seconds, rebuilt.each.into_iter().map(|(n, s)| (n.to_string(), s)).collect())
+    };
+    drop(store);
+    Ok(PhaseOutcome { seconds, each, peak_rss_mb: peak_rss_mb().unwrap_or(0.0) })
+}
+
+/// Runs one phase in a child process of `exe` and reads what it reports.
+async fn phase_in_child(
+    exe: &Path,
+    store_path: &Path,
+    views_path: &Path,
+    phase: &str,
+    head: u64,
+    options: RunnerOptions,
+) -> Result<PhaseOutcome, BenchError> {
+    let args: Vec<OsString> = vec![
+        PHASE_COMMAND.into(),
+        "--store".into(),
+        store_path.into(),
+        "--views".into(),
+        views_path.into(),
+        "--phase".into(),
+        phase.into(),
+        "--head".into(),
+        head.to_string().into(),
+        "--batch-size".into(),
+        options.rebuild_batch_size.to_string().into(),
+    ];
+    let output = tokio::process::Command::new(exe)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .map_err(|e| setup(format!("cannot run {}: {e}", exe.display())))?;
+    if !output.status.success() {
+        return Err(BenchError::Operation(format!("the {phase} phase failed ({})", output.status)));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+    serde_json::from_str(line)
+        .map_err(|e| BenchError::Operation(format!("the {phase} phase reported {line:?}, not an outcome: {e}")))
+}
+
 /// Rebuilds `projections` at once on a fresh view database at `path`, from
 /// position 0 to `head`; fails if any projection stops on an event.
 async fn rebuild(
@@ -268,15 +366,15 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
         return Err(setup("--events must be at least 1"));
     }
     let sizes: Vec<u64> = if events >= 4 { vec![events / 4, events] } else { vec![events] };
+    let exe = std::env::current_exe().map_err(|e| setup(format!("cannot find this program's executable: {e}")))?;
     let start = Utc::now() - chrono::Duration::days(365);
-    let mut peaks = PhasePeaks::new();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut engine_peak: f64 = 0.0;
+    let views_path = dir.join("rebuild-views.db");
     for &size in &sizes {
         // Each size gets its own log, generated from the same seed (the
-        // smaller one is the beginning of the larger one), and the
-        // generator is gone before anything is measured.
+        // smaller one is the beginning of the larger one).
         let store_path = dir.join(format!("rebuild-events-{size}.db"));
         remove_db(&store_path);
         let began = Instant::now();
@@ -286,34 +384,19 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
              written in {:.1} s",
             began.elapsed().as_secs_f64()
         ));
-        let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&store_path).map_err(setup)?);
-        let head = store.head_position().await.map_err(setup)?.ok_or_else(|| setup("the log is empty"))?;
-        if head.commit != size {
-            return Err(setup(format!("the log's head is at {head}, expected {size}")));
-        }
+        let base = phase_in_child(&exe, &store_path, &views_path, BASELINE_PHASE, size, options).await?;
+        let baseline = size as f64 / base.seconds.max(f64::MIN_POSITIVE);
 
-        peaks.start();
-        let began = Instant::now();
-        let decoded = read_and_decode(store.clone()).await?;
-        let baseline_seconds = began.elapsed().as_secs_f64();
-        let baseline_rss = peaks.finish();
-        if decoded != size {
-            return Err(BenchError::Operation(format!("the baseline read {decoded} events, expected {size}")));
-        }
-        let baseline = size as f64 / baseline_seconds;
-
-        let mut measured = Vec::new();
+        let mut measured: Vec<(String, String)> = Vec::new();
         if size == events {
             for projection in all_projections() {
-                measured.push((projection.name().to_string(), vec![projection]));
+                measured.push((projection.name().to_string(), projection.name().to_string()));
             }
         }
-        measured.push((format!("all {} at once", all_projections().len()), all_projections()));
-        for (label, projections) in measured {
-            peaks.start();
-            let rebuilt = rebuild(store.clone(), &dir.join("rebuild-views.db"), projections, head, options).await?;
-            let rss = peaks.finish();
-            engine_peak = engine_peak.max(rss);
+        measured.push((format!("all {} at once", all_projections().len()), ALL_PHASE.to_string()));
+        for (label, phase) in measured {
+            let rebuilt = phase_in_child(&exe, &store_path, &views_path, &phase, size, options).await?;
+            engine_peak = engine_peak.max(rebuilt.peak_rss_mb);
             let value = size as f64 / rebuilt.seconds.max(f64::MIN_POSITIVE);
             if rebuilt.each.len() > 1 {
                 let each: Vec<String> = rebuilt.each.iter().map(|(n, s)| format!("{n} {s:.1} s")).collect();
@@ -327,12 +410,11 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
                 label: Some(label),
                 events: Some(size),
                 seconds: Some(rebuilt.seconds),
-                peak_rss_mb: Some(rss),
-                baseline_peak_rss_mb: Some(baseline_rss),
+                peak_rss_mb: Some(rebuilt.peak_rss_mb),
+                baseline_peak_rss_mb: Some(base.peak_rss_mb),
                 ..Default::default()
             });
         }
-        drop(store);
         remove_db(&store_path);
     }
     let flat: Vec<String> = rows
@@ -341,12 +423,11 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
         .map(|r| format!("{:.0} MB at {} events", r.peak_rss_mb.unwrap_or(0.0), r.events.unwrap_or(0)))
         .collect();
     notes.push(format!("peak RSS rebuilding all at once: {}", flat.join(", ")));
-    notes.push(
-        "peak RSS per phase: free heap returned to the kernel (malloc_trim) and VmHWM reset before each phase".into(),
-    );
-    if !peaks.resettable {
-        notes.push("the kernel refused to reset VmHWM: each phase's peak includes the phases before it".into());
-    }
+    notes.push(format!(
+        "each phase ran in a process of its own ({} {PHASE_COMMAND}) that opened the store and a new view \
+         database from disk; peak RSS is that process's VmHWM",
+        exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
     notes.push(format!(
         "runner options: rebuild_batch_size {}, buffer {}; one worker (feeder and applier) per projection, their write \
          transactions take turns on the view database",
@@ -362,7 +443,6 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
     ));
     report.target = Some("≥ 150,000 events/s; peak RSS < 300 MB and flat as the log grows".into());
     report.peak_rss_mb = engine_peak;
-    report.process_peak_rss_mb = Some(peaks.process());
     report.notes = notes;
     Ok(report)
 }

@@ -38,6 +38,9 @@ enum Command {
     Token(TokenCommand),
     /// Measure throughput; prints a table, or one JSON object with --json.
     Bench(BenchArgs),
+    /// One phase of `bench rebuild`, which runs each in a process of its own.
+    #[command(name = "bench-rebuild-phase", hide = true)]
+    BenchRebuildPhase(RebuildPhaseArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     #[command(flatten)]
@@ -132,6 +135,25 @@ struct BenchArgs {
     data_dir: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct RebuildPhaseArgs {
+    /// The event store holding the generated log.
+    #[arg(long)]
+    store: PathBuf,
+    /// Where to build the views (replaced).
+    #[arg(long)]
+    views: PathBuf,
+    /// `baseline`, `all`, or one projection's name.
+    #[arg(long)]
+    phase: String,
+    /// The log's head position.
+    #[arg(long)]
+    head: u64,
+    /// Events the runner applies per transaction while rebuilding.
+    #[arg(long)]
+    batch_size: usize,
+}
+
 /// Runs the command line; the binary's `main` is this.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -156,6 +178,7 @@ pub fn main() -> ExitCode {
                 token_add(&role, partner.as_deref(), name.as_deref(), &data_dir)
             }
             Command::Bench(args) => bench(args).await,
+            Command::BenchRebuildPhase(args) => rebuild_phase(args).await,
             Command::Client(command) => client::run(command).await,
             Command::Queries(command) => queries::run(command).await,
             Command::Projections(command) => projections::run(command).await,
@@ -235,6 +258,29 @@ fn token_add(role: &str, partner: Option<&str>, name: Option<&str>, data_dir: &s
             println!("{token}");
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn rebuild_phase(args: RebuildPhaseArgs) -> ExitCode {
+    let options = referral_projections::RunnerOptions {
+        rebuild_batch_size: args.batch_size.max(1),
+        ..referral_projections::RunnerOptions::default()
+    };
+    match crate::bench::rebuild::run_phase(&args.store, &args.views, &args.phase, args.head, options).await {
+        Ok(outcome) => match serde_json::to_string(&outcome) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
