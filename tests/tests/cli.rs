@@ -623,8 +623,7 @@ async fn a_failed_projection_shows_where_it_stopped_and_retry_says_it_was_failed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_rebuild_measures_each_phase_in_its_own_process() {
     let dir = tempfile::tempdir().unwrap();
-    let report =
-        cli(&["bench", "rebuild", "--events", "400", "--json", "--data-dir", path(dir.path())]).await.json();
+    let report = cli(&["bench", "rebuild", "--events", "400", "--json", "--data-dir", path(dir.path())]).await.json();
     for key in ["scenario", "value", "unit", "baseline", "ratio", "peak_rss_mb"] {
         assert!(!report[key].is_null(), "{key} is missing: {report:#}");
     }

@@ -150,7 +150,9 @@ impl SqliteEventStore {
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
         let readers = Arc::new(ReaderPool {
             path: path.to_path_buf(),
-            cache_kib: options.cache_kib.min(4096),
+            // A reader's cache is emptied whenever the writer commits, and a
+            // catch-up subscription reads each page once: a small one serves.
+            cache_kib: options.cache_kib.min(1024),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(options.readers.max(1)),
         });
