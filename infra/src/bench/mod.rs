@@ -291,8 +291,10 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Returns the allocator's free memory to the kernel (glibc's `malloc_trim`),
-/// so that memory one phase of a benchmark freed is not resident in the next.
+/// Returns glibc's free heap to the kernel (`malloc_trim`), so that memory one
+/// phase of a benchmark freed is not resident in the next. In the binary,
+/// glibc serves SQLite; mimalloc, which serves the Rust code, hands freed
+/// memory back by itself after a short delay.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn release_free_memory() {
     extern "C" {
