@@ -444,7 +444,7 @@ pub async fn bench_lag(dir: &Path, rate: f64, duration: Duration) -> Result<Benc
     rows.push(summary(&all, issuing, format!("all commands at {rate:.0}/s"), most_in_flight));
     let mut end_to_end: Vec<u64> = samples.iter().map(|s| s.ack_us + s.lag_us).collect();
     end_to_end.sort_unstable();
-    let notes = vec![
+    let mut notes = vec![
         format!(
             "{} commands measured over {issuing:.1} s after {:.0} s of warm-up ({:.0}/s achieved, at most {most_in_flight} \
              in flight); all four projections live",
@@ -469,6 +469,7 @@ pub async fn bench_lag(dir: &Path, rate: f64, duration: Duration) -> Result<Benc
     report.target = Some("p99 < 50 ms at 1,000 commands/s".into());
     report.peak_rss_mb = rss;
     report.process_peak_rss_mb = Some(peaks.process());
+    notes.extend(peaks.caveat());
     report.notes = notes;
     drop(projector);
     drop(handler);

@@ -316,7 +316,7 @@ pub struct PhasePeaks {
     process: f64,
     /// Whether the kernel let the mark be reset (else every phase reports
     /// the process's peak so far).
-    pub resettable: bool,
+    resettable: bool,
 }
 
 impl PhasePeaks {
@@ -338,6 +338,13 @@ impl PhasePeaks {
         let peak = peak_rss_mb().unwrap_or(0.0);
         self.process = self.process.max(peak);
         peak
+    }
+
+    /// What a reader of the figures must know when the mark could not be
+    /// reset.
+    pub fn caveat(&self) -> Option<String> {
+        (!self.resettable)
+            .then(|| "the kernel refused to reset VmHWM: each phase's peak includes everything before it".into())
     }
 
     /// The process's peak over every phase, MB.

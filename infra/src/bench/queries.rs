@@ -393,6 +393,7 @@ pub async fn bench_queries(dir: &Path, referrals: u64, duration: Duration) -> Re
     report.target = Some("p99 < 5 ms".into());
     report.peak_rss_mb = peaks.finish();
     report.process_peak_rss_mb = Some(peaks.process());
+    notes.extend(peaks.caveat());
     report.notes = notes;
     drop(views);
     drop(db);

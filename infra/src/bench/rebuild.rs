@@ -40,9 +40,8 @@ use referral_domain::eventlog::{
 };
 use referral_projections::runner::projected_streams;
 use referral_projections::{all_projections, ProjectedEvent, Projection, Projector, RunnerOptions, ViewDb};
-use uuid::Uuid;
-
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::workload::{Generated, Workload};
 use super::{peak_rss_mb, BenchError, BenchReport, BenchRow, Layout};

@@ -39,7 +39,7 @@ enum Command {
     /// Measure throughput; prints a table, or one JSON object with --json.
     Bench(BenchArgs),
     /// One phase of `bench rebuild`, which runs each in a process of its own.
-    #[command(name = "bench-rebuild-phase", hide = true)]
+    #[command(name = crate::bench::rebuild::PHASE_COMMAND, hide = true)]
     BenchRebuildPhase(RebuildPhaseArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
