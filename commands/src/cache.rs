@@ -6,9 +6,16 @@
 //! a stale decision fails with "wrong expected version" and the handler
 //! reads again, and a refusal decided on cached state is re-checked on a
 //! fresh read before it is returned.
+//!
+//! The one decision an append cannot guard is an RFI's check of the
+//! partner's profile: the referral's stream is written, not the profile's.
+//! There the handler takes a cached profile only while the store confirmed
+//! it recently (`get_within`), which bounds how late a change made through
+//! another engine instance is seen.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use referral_domain::eventlog::{Position, StreamName, StreamRevision};
 use uuid::Uuid;
@@ -37,10 +44,19 @@ pub struct StreamCache {
     inner: Mutex<Inner>,
 }
 
+/// A cached stream.
+struct Entry {
+    events: Events,
+    /// The tick it was last used at.
+    used: u64,
+    /// When the store last confirmed it: read from the store, or extended
+    /// by an append the store accepted.
+    confirmed: Instant,
+}
+
 #[derive(Default)]
 struct Inner {
-    /// Each stream with the tick it was last used at.
-    streams: HashMap<StreamName, (Events, u64)>,
+    streams: HashMap<StreamName, Entry>,
     tick: u64,
 }
 
@@ -55,19 +71,19 @@ impl Inner {
         if self.streams.len() < capacity {
             return;
         }
-        let mut ticks: Vec<u64> = self.streams.values().map(|(_, t)| *t).collect();
+        let mut ticks: Vec<u64> = self.streams.values().map(|e| e.used).collect();
         let cut = (capacity / 8).max(1).min(ticks.len() - 1);
         let (_, oldest_kept, _) = ticks.select_nth_unstable(cut);
         let oldest_kept = *oldest_kept;
-        self.streams.retain(|_, (_, t)| *t >= oldest_kept);
+        self.streams.retain(|_, e| e.used >= oldest_kept);
     }
 
     fn insert(&mut self, stream: &StreamName, events: Events, capacity: usize) {
         if !self.streams.contains_key(stream) {
             self.evict(capacity);
         }
-        let tick = self.touch();
-        self.streams.insert(stream.clone(), (events, tick));
+        let used = self.touch();
+        self.streams.insert(stream.clone(), Entry { events, used, confirmed: Instant::now() });
     }
 }
 
@@ -82,12 +98,16 @@ impl StreamCache {
     }
 
     pub fn get(&self, stream: &StreamName) -> Option<Events> {
+        self.get_within(stream, Duration::MAX)
+    }
+
+    /// The cached stream, if the store confirmed it less than `max_age` ago.
+    pub fn get_within(&self, stream: &StreamName, max_age: Duration) -> Option<Events> {
         let mut inner = self.lock();
         let tick = inner.touch();
-        inner.streams.get_mut(stream).map(|(events, used)| {
-            *used = tick;
-            events.clone()
-        })
+        let entry = inner.streams.get_mut(stream).filter(|e| e.confirmed.elapsed() < max_age)?;
+        entry.used = tick;
+        Some(entry.events.clone())
     }
 
     /// Records a stream as just read from the store.
@@ -108,7 +128,7 @@ impl StreamCache {
         // Taken out of the map, the entry is usually the only handle on its
         // events, so appending to it copies nothing.
         match inner.streams.remove(stream) {
-            Some((mut events, _)) if events.last().map(|l| l.revision) == before => {
+            Some(Entry { mut events, .. }) if events.last().map(|l| l.revision) == before => {
                 Arc::make_mut(&mut events).extend(appended);
                 inner.insert(stream, events, self.capacity);
             }
@@ -174,6 +194,19 @@ mod tests {
         // A new stream's first append is cached.
         cache.extend(&stream(1), None, vec![event(0)]);
         assert_eq!(cache.get(&stream(1)).map(|e| e.len()), Some(1));
+    }
+
+    #[test]
+    fn an_entry_is_as_fresh_as_the_stores_last_word_on_it() {
+        let cache = StreamCache::new(8);
+        cache.put(&stream(0), Arc::new(vec![event(0)]));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(cache.get_within(&stream(0), Duration::from_millis(10)).is_none(), "read too long ago");
+        assert!(cache.get_within(&stream(0), Duration::from_secs(60)).is_some());
+        assert!(cache.get(&stream(0)).is_some(), "no age limit");
+        // An accepted append confirms the stream again.
+        cache.extend(&stream(0), Some(StreamRevision(0)), vec![event(1)]);
+        assert_eq!(cache.get_within(&stream(0), Duration::from_millis(10)).map(|e| e.len()), Some(2));
     }
 
     #[test]

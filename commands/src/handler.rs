@@ -12,6 +12,7 @@
 //! idempotent append answers the loser with the original result too.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use referral_domain::clock::ExpiryPolicy;
 use referral_domain::eventlog::{
@@ -39,6 +40,24 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 pub const MAX_RFI_TARGETS: usize = 50;
 /// Events read per page when loading a stream.
 const LOAD_PAGE: usize = 4096;
+/// How old a cached partner profile may be when an RFI is checked against
+/// it (see [`CommandHandler::with_profile_max_age`]).
+pub const DEFAULT_PROFILE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Where a load takes a stream from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFrom {
+    /// A read from the store.
+    Store,
+    /// The cache when it has the stream, else the store.
+    Cache,
+    /// The cache when the store confirmed its entry less than this long
+    /// ago, else the store.
+    CacheWithin(Duration),
+    /// The cache when it has the stream; else the stream is assumed not to
+    /// exist, without a read, for an append that expects no stream.
+    CacheOrAssumeNew,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
@@ -123,6 +142,7 @@ pub struct CommandHandler {
     expiry: ExpiryPolicy,
     max_attempts: u32,
     cache: Arc<StreamCache>,
+    profile_max_age: Duration,
 }
 
 impl CommandHandler {
@@ -133,7 +153,19 @@ impl CommandHandler {
             expiry: ExpiryPolicy::default(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             cache: Arc::new(StreamCache::new(cache::DEFAULT_CAPACITY)),
+            profile_max_age: DEFAULT_PROFILE_MAX_AGE,
         }
+    }
+
+    /// How old a cached partner profile may be when an RFI is checked
+    /// against it. A profile this process changed is current in its cache;
+    /// a change made through another engine instance on the same store
+    /// reaches RFIs checked here at most this much later. A refusal is
+    /// always re-checked against a fresh read. Zero reads the profile for
+    /// every RFI.
+    pub fn with_profile_max_age(mut self, max_age: Duration) -> Self {
+        self.profile_max_age = max_age;
+        self
     }
 
     /// How many streams the handler keeps decoded in memory (0 turns the
@@ -182,13 +214,19 @@ impl CommandHandler {
         }
     }
 
-    /// A stream's events, decoded: from the cache when `cached` allows and it
-    /// has them, else from the store (and then cached).
-    async fn events_of(&self, stream: &StreamName, cached: bool) -> Result<(Events, bool), CommandError> {
-        if cached {
-            if let Some(events) = self.cache.get(stream) {
-                return Ok((events, true));
-            }
+    /// A stream's events, decoded, from where `from` says, and whether they
+    /// came from the cache (or were assumed) rather than a read.
+    async fn events_of(&self, stream: &StreamName, from: ReadFrom) -> Result<(Events, bool), CommandError> {
+        let cached = match from {
+            ReadFrom::Store => None,
+            ReadFrom::Cache | ReadFrom::CacheOrAssumeNew => self.cache.get(stream),
+            ReadFrom::CacheWithin(max_age) => self.cache.get_within(stream, max_age),
+        };
+        if let Some(events) = cached {
+            return Ok((events, true));
+        }
+        if from == ReadFrom::CacheOrAssumeNew {
+            return Ok((Arc::new(Vec::new()), true));
         }
         let recorded = self.read_all_of(stream).await?;
         let mut events = Vec::with_capacity(recorded.len());
@@ -210,10 +248,10 @@ impl CommandHandler {
         &self,
         stream: &StreamName,
         command: Option<&CommandId>,
-        cached: bool,
+        from: ReadFrom,
         fold: impl Fn(S, DomainEvent) -> S,
     ) -> Result<Loaded<S>, CommandError> {
-        let (events, from_cache) = self.events_of(stream, cached).await?;
+        let (events, from_cache) = self.events_of(stream, from).await?;
         let first_id = command.map(|c| c.event_id(stream, 0));
         let mut applied: Option<(usize, usize)> = None;
         let mut state = S::default();
@@ -247,16 +285,16 @@ impl CommandHandler {
         id: ReferralId,
         command: Option<&CommandId>,
     ) -> Result<Loaded<ReferralState>, CommandError> {
-        self.load_referral_from(id, command, false).await
+        self.load_referral_from(id, command, ReadFrom::Store).await
     }
 
     async fn load_referral_from(
         &self,
         id: ReferralId,
         command: Option<&CommandId>,
-        cached: bool,
+        from: ReadFrom,
     ) -> Result<Loaded<ReferralState>, CommandError> {
-        self.load(&id.stream(), command, cached, |state, event| match event {
+        self.load(&id.stream(), command, from, |state, event| match event {
             DomainEvent::Referral(e) => referral::evolve(state, &e),
             DomainEvent::Partner(_) => state,
         })
@@ -269,16 +307,16 @@ impl CommandHandler {
         id: &PartnerId,
         command: Option<&CommandId>,
     ) -> Result<Loaded<PartnerState>, CommandError> {
-        self.load_partner_from(id, command, false).await
+        self.load_partner_from(id, command, ReadFrom::Store).await
     }
 
     async fn load_partner_from(
         &self,
         id: &PartnerId,
         command: Option<&CommandId>,
-        cached: bool,
+        from: ReadFrom,
     ) -> Result<Loaded<PartnerState>, CommandError> {
-        self.load(&id.stream(), command, cached, |state, event| match event {
+        self.load(&id.stream(), command, from, |state, event| match event {
             DomainEvent::Partner(e) => profile::evolve(state, &e),
             DomainEvent::Referral(_) => state,
         })
@@ -390,9 +428,9 @@ impl CommandHandler {
         command: ReferralCommand,
     ) -> Result<Written, CommandError> {
         let stream = command.referral.stream();
-        let mut cached = true;
+        let mut from = ReadFrom::Cache;
         for _ in 0..self.max_attempts {
-            let loaded = self.load_referral_from(command.referral, Some(&ctx.command_id), cached).await?;
+            let loaded = self.load_referral_from(command.referral, Some(&ctx.command_id), from).await?;
             // Access first: a replay must not tell another partner anything.
             if let Some(referral) = &loaded.state.0 {
                 check_access(&ctx.actor, referral)?;
@@ -406,7 +444,7 @@ impl CommandHandler {
                 Ok(events) => events,
                 // A refusal must be about the stream as it is, not as cached.
                 Err(_) if loaded.from_cache => {
-                    cached = false;
+                    from = ReadFrom::Store;
                     continue;
                 }
                 Err(refused) => return Err(refused.into()),
@@ -435,9 +473,9 @@ impl CommandHandler {
             )));
         }
         let stream = command.partner.stream();
-        let mut cached = true;
+        let mut from = ReadFrom::Cache;
         for _ in 0..self.max_attempts {
-            let loaded = self.load_partner_from(&command.partner, Some(&ctx.command_id), cached).await?;
+            let loaded = self.load_partner_from(&command.partner, Some(&ctx.command_id), from).await?;
             if let Some(written) = loaded.already_applied {
                 return Ok(written);
             }
@@ -445,7 +483,7 @@ impl CommandHandler {
             let events = match profile::decide(&loaded.state, command.clone(), now) {
                 Ok(events) => events,
                 Err(_) if loaded.from_cache => {
-                    cached = false;
+                    from = ReadFrom::Store;
                     continue;
                 }
                 Err(refused) => return Err(refused.into()),
@@ -459,6 +497,34 @@ impl CommandHandler {
             }
         }
         Err(CommandError::Conflict { stream, attempts: self.max_attempts })
+    }
+
+    /// The command that makes `referral`, for one target of an RFI.
+    fn receive(
+        &self,
+        rfi: &SubmitRfi,
+        target: &RfiTarget,
+        referral: ReferralId,
+        received_at: chrono::DateTime<chrono::Utc>,
+        partner_state: PartnerState,
+    ) -> ReferralCommand {
+        ReferralCommand {
+            referral,
+            action: ReferralAction::Receive(Box::new(ReceiveReferral {
+                rfi: rfi.rfi.clone(),
+                partner: target.partner.clone(),
+                region: target.region.clone(),
+                location: target.location.clone(),
+                customer: rfi.customer.clone(),
+                requirements: rfi.requirements.clone(),
+                consent: rfi.consent,
+                direct_contact_requested: rfi.direct_contact_requested,
+                source: rfi.source,
+                received_at,
+                expiry: self.expiry,
+                partner_state,
+            })),
+        }
     }
 
     /// Turns an RFI into one referral per target. Every target is checked
@@ -500,45 +566,46 @@ impl CommandHandler {
             done: Option<Written>,
         }
         let mut plan = Vec::with_capacity(rfi.targets.len());
+        // With one target nothing can be half-written, so its referral's
+        // stream (new, unless this is a retry) is not read first: the append
+        // expects no stream, and a conflict is sorted out by reading it then.
+        // With several, every stream is read so that none is written if one
+        // is refused.
+        let first_read = if rfi.targets.len() == 1 { ReadFrom::CacheOrAssumeNew } else { ReadFrom::Store };
         for (i, target) in rfi.targets.iter().enumerate() {
             let referral = ReferralId::for_rfi(&rfi.rfi, &target.partner, &target.region);
-            let loaded = self.load_referral(referral, Some(&ctx.command_id)).await?;
-            if let Some(done) = loaded.already_applied {
-                plan.push(Planned {
-                    target: target.clone(),
-                    referral,
-                    expected: ExpectedRevision::Any,
-                    events: vec![],
-                    done: Some(done),
-                });
-                continue;
-            }
-            let partner_state = self.load_partner(&target.partner, None).await?.state;
-            let command = ReferralCommand {
-                referral,
-                action: ReferralAction::Receive(Box::new(ReceiveReferral {
-                    rfi: rfi.rfi.clone(),
-                    partner: target.partner.clone(),
-                    region: target.region.clone(),
-                    location: target.location.clone(),
-                    customer: rfi.customer.clone(),
-                    requirements: rfi.requirements.clone(),
-                    consent: rfi.consent,
-                    direct_contact_requested: rfi.direct_contact_requested,
-                    source: rfi.source,
-                    received_at,
-                    expiry: self.expiry,
-                    partner_state,
-                })),
+            let (mut referral_from, mut partner_from) = (first_read, ReadFrom::CacheWithin(self.profile_max_age));
+            let planned = loop {
+                let loaded = self.load_referral_from(referral, Some(&ctx.command_id), referral_from).await?;
+                if let Some(done) = loaded.already_applied {
+                    break Planned {
+                        target: target.clone(),
+                        referral,
+                        expected: ExpectedRevision::Any,
+                        events: vec![],
+                        done: Some(done),
+                    };
+                }
+                let partner = self.load_partner_from(&target.partner, None, partner_from).await?;
+                let command = self.receive(&rfi, target, referral, received_at, partner.state);
+                match referral::decide(&loaded.state, command, now) {
+                    Ok(events) => {
+                        break Planned {
+                            target: target.clone(),
+                            referral,
+                            expected: loaded.revision.as_expected(),
+                            events,
+                            done: None,
+                        }
+                    }
+                    // A refusal must be about the streams as they are.
+                    Err(_) if loaded.from_cache || partner.from_cache => {
+                        (referral_from, partner_from) = (ReadFrom::Store, ReadFrom::Store);
+                    }
+                    Err(refused) => return Err(for_target(i, target, refused).into()),
+                }
             };
-            let events = referral::decide(&loaded.state, command, now).map_err(|e| for_target(i, target, e))?;
-            plan.push(Planned {
-                target: target.clone(),
-                referral,
-                expected: loaded.revision.as_expected(),
-                events,
-                done: None,
-            });
+            plan.push(planned);
         }
         let mut out = Vec::with_capacity(plan.len());
         for p in plan {
