@@ -617,6 +617,39 @@ async fn a_failed_projection_shows_where_it_stopped_and_retry_says_it_was_failed
     assert!(resumed.stderr.contains(&format!("stopped at position {bad}")), "{}", resumed.describe());
 }
 
+/// `bench append --repeat N` measures every row N times and shows each
+/// side's median run; the notes list every run. (No timing is checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_append_repeated_shows_the_median_of_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["bench", "append", "--seconds", "0.2", "--repeat", "3", "--json", "--data-dir", path(dir.path())];
+    let report = cli(&args).await.json();
+    let rows = report["rows"].as_array().expect("rows");
+    let notes: Vec<&str> = report["notes"].as_array().expect("notes").iter().filter_map(|n| n.as_str()).collect();
+    assert_eq!(rows.len(), 3, "{report:#}");
+    for row in rows {
+        let writers = row["writers"].as_u64().expect("writers");
+        let note = notes
+            .iter()
+            .find(|n| n.starts_with(&format!("{writers} writers, 3 runs each")))
+            .unwrap_or_else(|| panic!("no note for {writers} writers: {notes:?}"));
+        // "...(the row shows each side's median run): engine A · B · C; baseline D · E · F"
+        let figures = note.rsplit("): ").next().expect("figures");
+        let listed = |side: &str| -> Vec<f64> {
+            let list =
+                figures.split("; ").find_map(|part| part.strip_prefix(&format!("{side} "))).expect("side listed");
+            list.split(" · ").map(|n| n.trim().parse::<f64>().expect("a figure")).collect()
+        };
+        for (side, key) in [("engine", "value"), ("baseline", "baseline")] {
+            let mut runs = listed(side);
+            assert_eq!(runs.len(), 3, "{note}");
+            runs.sort_by(f64::total_cmp);
+            let shown = row[key].as_f64().expect("figure").round();
+            assert_eq!(shown, runs[1], "{side} at {writers} writers shows the middle run: {note}");
+        }
+    }
+}
+
 /// `bench rebuild` runs the baseline and every rebuild in a process of its
 /// own and reports each one's events/s and peak RSS, with the JSON keys the
 /// benchmarks promise. (A smoke test of the mechanism: no timing is checked.)

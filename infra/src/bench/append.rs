@@ -11,7 +11,7 @@ use referral_domain::eventlog::{
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
-use super::driver::{drive, Measured, Worker};
+use super::driver::{drive, median, runs_note, Measured, Worker};
 use super::{BenchError, BenchReport, BenchRow, WRITER_COUNTS};
 use crate::store::{plain_connection, EsdbEventStore, SqliteEventStore, INSERT_EVENT};
 
@@ -143,45 +143,53 @@ fn writers_row(writers: usize, engine: &Measured, baseline: &Measured) -> BenchR
 
 /// Measures the store's durable appends/s at 1, 16 and 64 writers, each
 /// beside the plain-SQLite baseline.
-pub async fn bench_append(dir: &Path, duration: Duration) -> Result<BenchReport, BenchError> {
+pub async fn bench_append(dir: &Path, duration: Duration, repeat: usize) -> Result<BenchReport, BenchError> {
     let (data, metadata) = payload();
     let store =
         Arc::new(SqliteEventStore::open(&dir.join("append-engine.db")).map_err(|e| BenchError::Setup(e.to_string()))?);
     let conn = plain_connection(&dir.join("append-baseline.db")).map_err(|e| BenchError::Setup(e.to_string()))?;
     let plain = Arc::new(Mutex::new(Plain { conn, next_position: 1 }));
     let (shared_data, shared_metadata) = (Arc::new(data.clone()), Arc::new(metadata.clone()));
-    let mut rows = Vec::new();
+    let (mut rows, mut notes) = (Vec::new(), Vec::new());
     for (round, writers) in WRITER_COUNTS.into_iter().enumerate() {
-        let engine_workers = (0..writers)
-            .map(|w| {
-                let stream =
-                    StreamName::new(format!("bench-{round}-{w}")).map_err(|e| BenchError::Setup(e.to_string()))?;
-                Ok(Box::new(StoreWorker {
-                    store: store.clone() as Arc<dyn EventStore>,
-                    stream,
-                    expected: ExpectedRevision::NoStream,
-                    data: data.clone(),
-                    metadata: metadata.clone(),
-                }) as Box<dyn Worker>)
-            })
-            .collect::<Result<Vec<_>, BenchError>>()?;
-        let engine = drive(engine_workers, duration).await?;
-        let baseline_workers = (0..writers)
-            .map(|w| {
-                Box::new(PlainWorker {
-                    plain: plain.clone(),
-                    stream: format!("bench-{round}-{w}"),
-                    stream_id: None,
-                    next_revision: 0,
-                    data: shared_data.clone(),
-                    metadata: shared_metadata.clone(),
-                }) as Box<dyn Worker>
-            })
-            .collect();
-        let baseline = drive(baseline_workers, duration).await?;
-        rows.push(writers_row(writers, &engine, &baseline));
+        let (mut engine_runs, mut baseline_runs) = (Vec::new(), Vec::new());
+        for run in 0..repeat.max(1) {
+            let engine_workers = (0..writers)
+                .map(|w| {
+                    let stream = StreamName::new(format!("bench-{round}-{run}-{w}"))
+                        .map_err(|e| BenchError::Setup(e.to_string()))?;
+                    Ok(Box::new(StoreWorker {
+                        store: store.clone() as Arc<dyn EventStore>,
+                        stream,
+                        expected: ExpectedRevision::NoStream,
+                        data: data.clone(),
+                        metadata: metadata.clone(),
+                    }) as Box<dyn Worker>)
+                })
+                .collect::<Result<Vec<_>, BenchError>>()?;
+            engine_runs.push(drive(engine_workers, duration).await?);
+            let baseline_workers = (0..writers)
+                .map(|w| {
+                    Box::new(PlainWorker {
+                        plain: plain.clone(),
+                        stream: format!("bench-{round}-{run}-{w}"),
+                        stream_id: None,
+                        next_revision: 0,
+                        data: shared_data.clone(),
+                        metadata: shared_metadata.clone(),
+                    }) as Box<dyn Worker>
+                })
+                .collect();
+            baseline_runs.push(drive(baseline_workers, duration).await?);
+        }
+        if engine_runs.len() > 1 {
+            notes.push(runs_note(writers, &engine_runs, &baseline_runs));
+        }
+        rows.push(writers_row(writers, &median(engine_runs), &median(baseline_runs)));
     }
-    Ok(BenchReport::new("append", "durable appends/s", BASELINE, duration.as_secs_f64(), rows))
+    let mut report = BenchReport::new("append", "durable appends/s", BASELINE, duration.as_secs_f64(), rows);
+    report.notes = notes;
+    Ok(report)
 }
 
 /// Which EventStoreDB `bench append --store` measures.

@@ -20,7 +20,7 @@ use referral_domain::ids::PartnerId;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use super::driver::{drive, Worker};
+use super::driver::{drive, median, runs_note, Measured, Worker};
 use super::{BenchError, BenchReport, BenchRow, WRITER_COUNTS};
 use crate::grpc::auth::{self, BearerToken, CommandsClient, TokenStore};
 use crate::grpc::commands_service::CommandsService;
@@ -319,9 +319,9 @@ impl Setup {
 async fn measure(
     target: &Arc<dyn Target>,
     writers: usize,
-    round: usize,
+    round: &str,
     duration: Duration,
-) -> Result<super::driver::Measured, BenchError> {
+) -> Result<Measured, BenchError> {
     let workers = (0..writers)
         .map(|w| {
             Box::new(LifecycleWorker {
@@ -338,14 +338,26 @@ async fn measure(
 
 /// Measures commands/s at 1, 16 and 64 concurrent writers, each beside the
 /// group-commit-off baseline.
-pub async fn bench_commands(dir: &Path, duration: Duration, grpc: bool) -> Result<BenchReport, BenchError> {
+pub async fn bench_commands(
+    dir: &Path,
+    duration: Duration,
+    grpc: bool,
+    repeat: usize,
+) -> Result<BenchReport, BenchError> {
     let engine = set_up(&dir.join("commands-engine"), SqliteOptions::default(), grpc).await?;
     let baseline =
         set_up(&dir.join("commands-baseline"), SqliteOptions { max_batch: 1, ..Default::default() }, grpc).await?;
-    let mut rows = Vec::new();
+    let (mut rows, mut notes) = (Vec::new(), Vec::new());
     for (round, writers) in WRITER_COUNTS.into_iter().enumerate() {
-        let e = measure(&engine.target, writers, round, duration).await?;
-        let b = measure(&baseline.target, writers, round, duration).await?;
+        let (mut engine_runs, mut baseline_runs) = (Vec::new(), Vec::new());
+        for run in 0..repeat.max(1) {
+            engine_runs.push(measure(&engine.target, writers, &format!("{round}-{run}"), duration).await?);
+            baseline_runs.push(measure(&baseline.target, writers, &format!("{round}-{run}"), duration).await?);
+        }
+        if engine_runs.len() > 1 {
+            notes.push(runs_note(writers, &engine_runs, &baseline_runs));
+        }
+        let (e, b) = (median(engine_runs), median(baseline_runs));
         rows.push(BenchRow {
             writers,
             value: e.per_second,
@@ -362,5 +374,7 @@ pub async fn bench_commands(dir: &Path, duration: Duration, grpc: bool) -> Resul
     baseline.tear_down().await;
     let scenario = if grpc { "commands --grpc" } else { "commands" };
     let unit = if grpc { "commands/s over gRPC loopback" } else { "commands/s in-process" };
-    Ok(BenchReport::new(scenario, unit, BASELINE, duration.as_secs_f64(), rows))
+    let mut report = BenchReport::new(scenario, unit, BASELINE, duration.as_secs_f64(), rows);
+    report.notes = notes;
+    Ok(report)
 }

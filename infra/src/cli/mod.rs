@@ -119,6 +119,11 @@ struct BenchArgs {
     /// For `lag`: commands per second.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// For `append` and `commands`: measure each row this many times, engine
+    /// and baseline alternating, and show each side's median run (every
+    /// run's figure is listed in the notes).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    repeat: u32,
     /// For `commands`: drive the commands through a gRPC server over loopback.
     #[arg(long)]
     grpc: bool,
@@ -307,7 +312,7 @@ async fn bench(args: BenchArgs) -> ExitCode {
     };
     let report = match args.scenario.as_str() {
         "append" => match args.store.as_deref() {
-            None | Some("embedded") => crate::bench::append::bench_append(&dir, duration).await,
+            None | Some("embedded") => crate::bench::append::bench_append(&dir, duration, args.repeat as usize).await,
             Some("esdb-node") => {
                 crate::bench::append::bench_append_esdb(&dir, duration, EsdbTarget::InProcessNode).await
             }
@@ -316,9 +321,9 @@ async fn bench(args: BenchArgs) -> ExitCode {
             }
         }
         .map_err(|e| e.to_string()),
-        "commands" => {
-            crate::bench::commands::bench_commands(&dir, duration, args.grpc).await.map_err(|e| e.to_string())
-        }
+        "commands" => crate::bench::commands::bench_commands(&dir, duration, args.grpc, args.repeat as usize)
+            .await
+            .map_err(|e| e.to_string()),
         "rebuild" => {
             let mut options = referral_projections::RunnerOptions::default();
             if let Some(size) = args.batch_size {
