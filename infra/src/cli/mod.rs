@@ -119,7 +119,7 @@ struct BenchArgs {
     /// For `lag`: commands per second.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// For `append` and `commands`: measure each row this many times, engine
+    /// For `append` on the embedded store and `commands`: measure each row this many times, engine
     /// and baseline alternating, and show each side's median run (every
     /// run's figure is listed in the notes).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
