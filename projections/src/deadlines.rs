@@ -2,6 +2,7 @@
 //! expire. The expiry scheduler reads it to find the referrals to expire.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use referral_domain::codec::DomainEvent;
@@ -69,7 +70,7 @@ struct DeadlinesApplier {
 }
 
 impl Applier for DeadlinesApplier {
-    fn apply(&mut self, _conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+    fn apply(&mut self, _conn: &Connection, events: &[Arc<ProjectedEvent>]) -> Result<(), BatchError> {
         for e in events {
             match &e.event {
                 DomainEvent::Referral(ReferralEvent::Received(r)) => {

@@ -8,6 +8,7 @@
 //! rebuild does not rewrite the same counter row for every event.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use referral_domain::codec::DomainEvent;
@@ -316,7 +317,7 @@ fn features(r: &referral_domain::referral::ReferralReceived) -> Vec<(String, Str
 }
 
 impl Applier for HistoryApplier {
-    fn apply(&mut self, conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+    fn apply(&mut self, conn: &Connection, events: &[Arc<ProjectedEvent>]) -> Result<(), BatchError> {
         for (index, e) in events.iter().enumerate() {
             self.apply_one(conn, e).map_err(|error| BatchError { index, error })?;
         }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use referral_domain::codec::{self, CodecError, DomainEvent, EventMetadata};
 use referral_domain::eventlog::{Position, RecordedEvent, StreamRevision};
 use rusqlite::Connection;
+use std::sync::Arc;
 
 /// A version of a projection's tables: `inbox_v3` is table `inbox` of version 3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,7 +102,12 @@ pub trait Projection: Send + Sync + 'static {
     fn applier(&self, version: Version) -> Box<dyn Applier>;
     /// Applies `events` (in log order) to the tables of `version` and writes
     /// everything out: one applier, one `apply`, one `flush`.
-    fn apply_batch(&self, conn: &Connection, version: Version, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+    fn apply_batch(
+        &self,
+        conn: &Connection,
+        version: Version,
+        events: &[Arc<ProjectedEvent>],
+    ) -> Result<(), BatchError> {
         let mut applier = self.applier(version);
         applier.apply(conn, events)?;
         applier.flush(conn).map_err(|error| BatchError { index: events.len().saturating_sub(1), error })
@@ -124,7 +130,7 @@ pub trait Projection: Send + Sync + 'static {
 pub trait Applier: Send {
     /// Folds `events`, in log order, after those applied before; reads but
     /// never writes the tables.
-    fn apply(&mut self, conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError>;
+    fn apply(&mut self, conn: &Connection, events: &[Arc<ProjectedEvent>]) -> Result<(), BatchError>;
     /// Writes every change held in memory to the tables.
     fn flush(&mut self, conn: &Connection) -> Result<(), ApplyError>;
     /// Forgets everything held, applied or not.

@@ -8,6 +8,7 @@
 //! before it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use referral_domain::codec::DomainEvent;
@@ -202,7 +203,8 @@ fn store(conn: &Connection, version: Version, row: &Cached) -> Result<(), ApplyE
         return Ok(());
     }
     // An upsert updates a stored row in place (its index entries change
-    // only where its columns did) and inserts a new one.
+    // only where its columns did) and inserts a new one; it never replaces
+    // a row with the state of an earlier event.
     conn.prepare_cached(&format!(
         "INSERT INTO {t} (referral, partner, region, location, list, status, sort_at, revision,
              position_commit, position_prepare, state)
@@ -211,7 +213,8 @@ fn store(conn: &Connection, version: Version, row: &Cached) -> Result<(), ApplyE
              location = excluded.location, list = excluded.list, status = excluded.status,
              sort_at = excluded.sort_at, revision = excluded.revision,
              position_commit = excluded.position_commit, position_prepare = excluded.position_prepare,
-             state = excluded.state"
+             state = excluded.state
+         WHERE (excluded.position_commit, excluded.position_prepare) > ({t}.position_commit, {t}.position_prepare)"
     ))?
     .execute(params![
         r.id.to_string(),
@@ -285,13 +288,16 @@ struct ReferralsApplier {
 }
 
 impl Applier for ReferralsApplier {
-    fn apply(&mut self, conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+    fn apply(&mut self, conn: &Connection, events: &[Arc<ProjectedEvent>]) -> Result<(), BatchError> {
         for (index, projected) in events.iter().enumerate() {
             let DomainEvent::Referral(event) = &projected.event else { continue };
             let fail = |error: ApplyError| BatchError { index, error };
             let id = event.referral().to_string();
             let row = match self.rows.remove(&id) {
                 Some(row) => Some(row),
+                // A stream's first event begins the referral: no row to read
+                // (were one there, `store` would not move it backwards).
+                None if projected.revision == StreamRevision(0) => None,
                 None => load(conn, self.version, &id).map_err(fail)?,
             };
             let row = match row {

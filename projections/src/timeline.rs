@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use referral_domain::codec::DomainEvent;
 use referral_domain::eventlog::{Position, StreamRevision};
 use rusqlite::{params, Connection};
+use std::sync::Arc;
 
 use crate::paging::{self, Cursor};
 use crate::projection::{from_micros, micros, Applier, ApplyError, BatchError, ProjectedEvent, Projection, Version};
@@ -110,7 +111,7 @@ struct PendingRow {
 }
 
 impl Applier for TimelineApplier {
-    fn apply(&mut self, _conn: &Connection, events: &[ProjectedEvent]) -> Result<(), BatchError> {
+    fn apply(&mut self, _conn: &Connection, events: &[Arc<ProjectedEvent>]) -> Result<(), BatchError> {
         for e in events {
             let DomainEvent::Referral(event) = &e.event else { continue };
             self.pending.push(PendingRow {

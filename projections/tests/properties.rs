@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::Duration;
 use proptest::prelude::*;
@@ -239,7 +240,7 @@ fn snapshot(conn: &Connection, projection: &dyn Projection, version: u32) -> Vec
 fn build_incrementally(
     path: &std::path::Path,
     projection: &dyn Projection,
-    events: &[ProjectedEvent],
+    events: &[Arc<ProjectedEvent>],
     plan: &[Batch],
 ) -> Result<(), TestCaseError> {
     let v1 = Version(1);

@@ -25,7 +25,7 @@ fn views_of(dir: &tempfile::TempDir, log: &Log) -> (ViewDb, Views) {
 }
 
 /// Applies `events` (the log's tail) to every projection's version 1.
-fn apply(db: &ViewDb, events: &[referral_projections::ProjectedEvent]) {
+fn apply(db: &ViewDb, events: &[std::sync::Arc<referral_projections::ProjectedEvent>]) {
     for p in referral_projections::all_projections() {
         runner::commit(db, p.as_ref(), Version(1), events).unwrap();
     }
@@ -137,6 +137,32 @@ async fn the_inbox_holds_new_referrals_newest_or_most_urgent_first_filtered_by_p
     let r3_row = views.referral(r3.to_string()).await.unwrap().expect("detail of r3");
     assert!(r3_row.referral.direct_contact_requested);
     assert_eq!(r3_row.referral.location.as_ref().map(|l| l.as_str()), Some("tokyo"));
+}
+
+#[tokio::test]
+async fn a_referral_row_never_goes_back_to_an_earlier_event_even_handed_one_again() {
+    let mut log = Log::new(t0());
+    partners(&mut log);
+    let id = log.receive(&rfi_at("rfi-1", A, "emea", Some("berlin")));
+    log.advance(Duration::hours(1));
+    log.accept(id);
+    let dir = support::scratch_dir();
+    let (db, views) = views_of(&dir, &log);
+    let before = views.referral(id.to_string()).await.unwrap().expect("a row");
+    assert_eq!(before.referral.status, Status::Active);
+
+    // The stream's first event once more, straight to the projection (the
+    // runner would skip it, being at or before the checkpoint).
+    let first = log.events.iter().find(|e| e.stream == id.stream().as_str() && e.revision.0 == 0).unwrap().clone();
+    let projection = referral_projections::referrals::ReferralsProjection;
+    db.write(|tx| {
+        use referral_projections::Projection;
+        projection
+            .apply_batch(tx, Version(1), &[first])
+            .map_err(|e| rusqlite::Error::InvalidParameterName(format!("{e:?}")))
+    })
+    .unwrap();
+    assert_eq!(views.referral(id.to_string()).await.unwrap(), Some(before));
 }
 
 #[tokio::test]

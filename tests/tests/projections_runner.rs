@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,11 +57,19 @@ struct GatedStore {
     armed: AtomicBool,
     allow: usize,
     open: watch::Sender<bool>,
+    /// Subscriptions opened so far.
+    subscriptions: AtomicUsize,
 }
 
 impl GatedStore {
     fn new(inner: Arc<dyn EventStore>, allow: usize) -> Arc<GatedStore> {
-        Arc::new(GatedStore { inner, armed: AtomicBool::new(false), allow, open: watch::channel(false).0 })
+        Arc::new(GatedStore {
+            inner,
+            armed: AtomicBool::new(false),
+            allow,
+            open: watch::channel(false).0,
+            subscriptions: AtomicUsize::new(0),
+        })
     }
 
     fn arm(&self) {
@@ -72,6 +80,10 @@ impl GatedStore {
     fn release(&self) {
         self.armed.store(false, Ordering::SeqCst);
         self.open.send_replace(true);
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.subscriptions.load(Ordering::SeqCst)
     }
 }
 
@@ -131,6 +143,7 @@ impl EventStore for GatedStore {
         filter: AllFilter,
     ) -> Result<Box<dyn Subscription>, StoreError> {
         let inner = self.inner.subscribe_all(start, filter).await?;
+        self.subscriptions.fetch_add(1, Ordering::SeqCst);
         if start == SubscriptionStart::Start && self.armed.load(Ordering::SeqCst) {
             return Ok(Box::new(GatedSubscription { inner, left: self.allow, open: self.open.subscribe() }));
         }
@@ -288,7 +301,7 @@ where
 // ---------------------------------------------------------------------------
 
 fn small_batches() -> RunnerOptions {
-    RunnerOptions { batch_size: 64, rebuild_batch_size: 64, buffer: 256 }
+    RunnerOptions { batch_size: 64, rebuild_batch_size: 64, buffer: 256, group_buffer: 256 }
 }
 
 async fn open_projector(store: Arc<dyn EventStore>, dir: &Path, options: RunnerOptions) -> Projector {
@@ -646,6 +659,88 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
     assert_eq!(status_of(&views, written.ours[1_001]).await, Some(Status::Declined));
     // A later rebuild gets the next number.
     assert_eq!(projector.rebuild("history").await, Ok(3));
+    projector.shutdown().await;
+}
+
+/// Every table of every projection's active version, row by row, under
+/// its base name.
+fn active_tables(db: &ViewDb) -> Vec<(String, Vec<String>)> {
+    let conn = db.connect().unwrap();
+    let mut out = Vec::new();
+    for p in all_projections() {
+        let version = Version(db::active_version(&conn, p.name()).unwrap().expect("an active version"));
+        for base in p.tables() {
+            let table = version.table(base);
+            let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+            let columns = statement.column_count();
+            let mut rows: Vec<String> = statement
+                .query_map([], |row| {
+                    let values: Vec<String> = (0..columns)
+                        .map(|i| format!("{:?}", row.get::<_, rusqlite::types::Value>(i).unwrap()))
+                        .collect();
+                    Ok(values.join("|"))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            rows.sort();
+            out.push((base.to_string(), rows));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_rebuilt_together_read_the_log_once_and_equal_the_versions_they_replace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h, written, last) = busy_store(dir.path()).await;
+    let counting = GatedStore::new(store.clone(), usize::MAX);
+    let projector = start_projector(counting.clone(), dir.path(), small_batches()).await;
+    caught_up(&projector, last).await;
+    // Started together from the same checkpoint, the four share one feed.
+    assert_eq!(counting.subscriptions(), 1);
+    let before = active_tables(projector.db());
+    let filled: Vec<&str> = before.iter().filter(|(_, rows)| !rows.is_empty()).map(|(t, _)| t.as_str()).collect();
+    for table in ["referrals", "timeline", "history_referrals", "history_stats", "history_reasons", "deadlines"] {
+        assert!(filled.contains(&table), "{table} has rows: {filled:?}");
+    }
+
+    // A refused request starts nothing.
+    let all = ["referrals", "timeline", "history", "deadlines"];
+    assert!(matches!(
+        projector.rebuild_together(&["timeline", "inbox"]).await,
+        Err(ViewError::UnknownProjection { .. })
+    ));
+    assert!(matches!(
+        projector.rebuild_together(&["timeline", "history", "timeline"]).await,
+        Err(ViewError::InvalidArgument { field: "names", .. })
+    ));
+    for name in all {
+        assert_eq!(versions(&projector, name).await.len(), 1, "{name}");
+    }
+
+    assert_eq!(projector.rebuild_together(&all).await, Ok(vec![2, 2, 2, 2]));
+    eventually("the rebuilds subscribe", || async { (counting.subscriptions() > 1).then_some(()) }).await;
+    assert_eq!(
+        projector.rebuild_together(&["deadlines", "history"]).await,
+        Err(ViewError::RebuildInProgress { name: "deadlines".into(), version: 2 })
+    );
+    for name in all {
+        eventually(&format!("{name} v2 replaces v1"), || async {
+            let v = versions(&projector, name).await;
+            (v.len() == 1 && v[0].version == 2 && v[0].active && v[0].checkpoint == Some(last)).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(active_tables(projector.db()), before);
+
+    // The rebuilt versions are live: a new event reaches all four.
+    let accepted = accept(&h, A, written.ours[1_100]).await;
+    caught_up(&projector, accepted).await;
+    for name in all {
+        assert_eq!(projector.checkpoint(name), Some(accepted), "{name}");
+    }
+    assert_eq!(counting.subscriptions(), 2, "the four rebuilds read the log through one subscription");
     projector.shutdown().await;
 }
 

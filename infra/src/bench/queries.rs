@@ -259,13 +259,13 @@ fn fill(db: &ViewDb, referrals: u64) -> Result<Partners, BenchError> {
     let mut workload = Workload::new(SEED, PARTNERS, from);
     let projection = ReferralsProjection;
     let span = (until - from).num_microseconds().unwrap_or(i64::MAX);
-    let mut batch: Vec<ProjectedEvent> = Vec::with_capacity(FILL_BATCH + 16);
+    let mut batch: Vec<Arc<ProjectedEvent>> = Vec::with_capacity(FILL_BATCH + 16);
     let mut position = 0u64;
     for i in 0..referrals {
         let at = from + chrono::Duration::microseconds((span as f64 * (i as f64 + 0.5) / referrals as f64) as i64);
         for g in workload.whole_referral(at, until) {
             position += 1;
-            batch.push(ProjectedEvent {
+            batch.push(Arc::new(ProjectedEvent {
                 position: Position::at(position),
                 stream: g.stream.as_str().to_string(),
                 revision: g.revision,
@@ -275,7 +275,7 @@ fn fill(db: &ViewDb, referrals: u64) -> Result<Partners, BenchError> {
                 event: g.event,
                 // The referrals projection reads the decoded event only.
                 data: Vec::new(),
-            });
+            }));
         }
         if batch.len() >= FILL_BATCH || i + 1 == referrals {
             runner::commit(db, &projection, Version(1), &batch)

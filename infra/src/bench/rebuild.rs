@@ -15,9 +15,9 @@
 //! * baseline: one `subscribe_all` from the start until `CaughtUp`, each
 //!   event decoded with `ProjectedEvent::decode`, nothing written;
 //! * engine: `Projector::open` on a fresh view database, then `rebuild` of
-//!   each projection on its own, then of all four at once; timed from the
-//!   first `rebuild` call until every new version is active at the log's
-//!   head (`Projector::wait_for`, which the runner only answers once the
+//!   each projection on its own, then `rebuild_together` of all four (one
+//!   shared feed); timed from the rebuild call until every new version is
+//!   active at the log's head (`Projector::wait_for`, which the runner only answers once the
 //!   rebuilt version has been swapped in, confirmed with `status`).
 //!
 //! Each measured phase (the baseline, each rebuild) runs in a fresh child
@@ -289,10 +289,8 @@ async fn run_rebuild(projector: &Projector, head: Position) -> Result<Rebuilt, B
     let operation = |e: String| BenchError::Operation(e);
     let names = projector.names();
     let started = Instant::now();
-    let mut building = HashMap::new();
-    for name in &names {
-        building.insert(*name, projector.rebuild(name).await.map_err(|e| operation(e.to_string()))?);
-    }
+    let versions = projector.rebuild_together(&names).await.map_err(|e| operation(e.to_string()))?;
+    let building: HashMap<&str, u32> = names.iter().copied().zip(versions).collect();
     // One waiter per projection notes when its new version went live at the head.
     let waiters: Vec<_> = names
         .iter()
@@ -428,17 +426,18 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
         exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     notes.push(format!(
-        "runner options: rebuild_batch_size {}, buffer {}; one worker (feeder and applier) per projection, their write \
-         transactions take turns on the view database",
-        options.rebuild_batch_size, options.buffer
+        "runner options: rebuild_batch_size {}, buffer {}, group_buffer {}; one projection alone has a feeder of its \
+         own, all at once share one (Projector::rebuild_together: the log read and decoded once); one applier per \
+         projection, their write transactions take turns on the view database",
+        options.rebuild_batch_size, options.buffer, options.group_buffer
     ));
     let headline_seconds = rows.last().and_then(|r| r.seconds).unwrap_or(0.0);
     let mut report = BenchReport::new("rebuild", "events/s", BASELINE, headline_seconds, rows);
     report.layout = Layout::Rebuild;
     report.value_description = Some(format!(
         "events/s rebuilding all four projections (referrals, timeline, history, deadlines) at once, blue/green \
-         from position 0: the {events} events in the log divided by the wall time from the first rebuild call until \
-         every new version is active at the log's head"
+         from position 0 through one shared feed: the {events} events in the log divided by the wall time from the \
+         rebuild_together call until every new version is active at the log's head"
     ));
     report.target = Some("≥ 150,000 events/s; peak RSS < 300 MB and flat as the log grows".into());
     report.peak_rss_mb = engine_peak;

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use referral_domain::clock::{ExpiryPolicy, Now};
@@ -83,7 +84,7 @@ pub fn money(code: &str, units: i64) -> MoneyInput {
 /// positions 1, 2, 3... and the domain state of every aggregate.
 pub struct Log {
     pub now: DateTime<Utc>,
-    pub events: Vec<ProjectedEvent>,
+    pub events: Vec<Arc<ProjectedEvent>>,
     revisions: HashMap<String, u64>,
     pub partners: BTreeMap<String, PartnerState>,
     pub referrals: BTreeMap<ReferralId, Referral>,
@@ -152,7 +153,7 @@ impl Log {
                 created: self.now,
             };
             *revision += 1;
-            self.events.push(ProjectedEvent::decode(recorded).expect("a freshly encoded event decodes"));
+            self.events.push(Arc::new(ProjectedEvent::decode(recorded).expect("a freshly encoded event decodes")));
         }
     }
 
@@ -300,7 +301,7 @@ pub fn register_version(conn: &Connection, projection: &dyn Projection, version:
 
 /// A view database at `path` with version 1 of every projection, active, and
 /// `events` applied to each in one batch.
-pub fn build_views(path: &Path, events: &[ProjectedEvent]) -> ViewDb {
+pub fn build_views(path: &Path, events: &[Arc<ProjectedEvent>]) -> ViewDb {
     let db = ViewDb::open(path).expect("open views");
     let conn = db.connect().expect("connect");
     for p in referral_projections::all_projections() {
