@@ -617,6 +617,21 @@ async fn a_failed_projection_shows_where_it_stopped_and_retry_says_it_was_failed
     assert!(resumed.stderr.contains(&format!("stopped at position {bad}")), "{}", resumed.describe());
 }
 
+/// `--data-dir` names where a benchmark may work: it is created when
+/// missing, a second run is not disturbed by the first, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_benchmark_works_in_a_scratch_directory_it_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("not").join("yet");
+    for _ in 0..2 {
+        let args = ["bench", "append", "--seconds", "0.1", "--json", "--data-dir", path(&inside)];
+        let report = cli(&args).await.json();
+        assert!(report["value"].as_f64().is_some_and(|v| v > 0.0), "{report:#}");
+        let left: Vec<_> = std::fs::read_dir(&inside).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
 /// `bench append --repeat N` measures every row N times and shows each
 /// side's median run; the notes list every run. (No timing is checked.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

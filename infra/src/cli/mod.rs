@@ -135,7 +135,8 @@ struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Where to put the benchmark's data (a temporary directory by default).
+    /// The directory in which the benchmark makes a scratch directory for its
+    /// data, removed when it ends (the system's temporary directory by default).
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
@@ -296,20 +297,19 @@ async fn rebuild_phase(args: RebuildPhaseArgs) -> ExitCode {
 async fn bench(args: BenchArgs) -> ExitCode {
     let default_seconds = if args.scenario == "lag" { 10.0 } else { 3.0 };
     let duration = std::time::Duration::from_secs_f64(args.seconds.unwrap_or(default_seconds).max(0.1));
-    let tmp;
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => match tempfile::tempdir() {
-            Ok(t) => {
-                tmp = t;
-                tmp.path().to_path_buf()
-            }
-            Err(e) => {
-                eprintln!("error: cannot create a temporary directory: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    // A scratch directory of its own, removed afterwards, so that no earlier
+    // run's files are measured or get in the way.
+    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let scratch = std::fs::create_dir_all(&parent)
+        .and_then(|()| tempfile::Builder::new().prefix("referral-engine-bench-").tempdir_in(&parent));
+    let tmp = match scratch {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot create a scratch directory in {}: {e}", parent.display());
+            return ExitCode::FAILURE;
+        }
     };
+    let dir = tmp.path().to_path_buf();
     let report = match args.scenario.as_str() {
         "append" => match args.store.as_deref() {
             None | Some("embedded") => crate::bench::append::bench_append(&dir, duration, args.repeat as usize).await,
