@@ -71,8 +71,9 @@ pub struct RunnerOptions {
 
 impl Default for RunnerOptions {
     /// Measured rebuilding all four projections together over 250,000
-    /// events: a group buffer of 1,024 took 31 s, 8,192 took 19-22 s at
-    /// 190-210 MB peak, 16,384 and 32,768 17-23 s at 240-270 MB.
+    /// events (single runs, which vary by a third on the 2-core machine): a
+    /// group buffer of 1,024 took 31 s; 8,192 took 18.6-21.6 s in four runs
+    /// at 190-210 MB peak; 16,384 23 s at 239 MB; 32,768 17 s at 267 MB.
     fn default() -> Self {
         RunnerOptions { batch_size: 2_000, rebuild_batch_size: 1_000, buffer: 1_024, group_buffer: 8_192 }
     }
