@@ -97,11 +97,22 @@ pub fn encode(id: Uuid, event: &DomainEvent, metadata: &EventMetadata) -> EventD
 
 /// Reads an event's metadata.
 pub fn decode_metadata(event: &RecordedEvent) -> Result<EventMetadata, CodecError> {
-    serde_json::from_slice(&event.metadata).map_err(|e| CodecError::Malformed {
+    json(&event.metadata).map_err(|e| CodecError::Malformed {
         id: event.id,
         event_type: event.event_type.clone(),
         reason: format!("metadata: {e}"),
     })
+}
+
+/// Parses JSON bytes, checking that they are UTF-8 once for the whole
+/// document rather than string by string (`serde_json::from_slice` does the
+/// latter; measured: a tenth of the time it takes to decode an event).
+fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        // Let serde_json report where the bytes stop being UTF-8.
+        Err(_) => serde_json::from_slice(bytes),
+    }
 }
 
 /// A payload ready to deserialize: the stored bytes when they are already at
@@ -125,7 +136,7 @@ fn upcast(event: &RecordedEvent, version: u32) -> Result<Payload<'_>, CodecError
 
 fn parse<T: DeserializeOwned>(event: &RecordedEvent, payload: Payload<'_>) -> Result<T, CodecError> {
     let parsed = match payload {
-        Payload::Current(bytes) => serde_json::from_slice(bytes),
+        Payload::Current(bytes) => json(bytes),
         Payload::Upcast(value) => serde_json::from_value(value),
     };
     parsed.map_err(|e| CodecError::Malformed {
@@ -142,12 +153,23 @@ fn schema_version(event: &RecordedEvent) -> u32 {
         #[serde(rename = "schemaVersion")]
         schema_version: Option<u32>,
     }
-    serde_json::from_slice::<Version>(&event.metadata).ok().and_then(|v| v.schema_version).unwrap_or(1)
+    json::<Version>(&event.metadata).ok().and_then(|v| v.schema_version).unwrap_or(1)
 }
 
 /// Decodes a stored event into a domain event.
 pub fn decode(event: &RecordedEvent) -> Result<DomainEvent, CodecError> {
-    let value = upcast(event, schema_version(event))?;
+    decode_at(event, schema_version(event))
+}
+
+/// Decodes a stored event and its metadata, reading the metadata once.
+pub fn decode_with_metadata(event: &RecordedEvent) -> Result<(DomainEvent, EventMetadata), CodecError> {
+    let metadata = decode_metadata(event)?;
+    Ok((decode_at(event, metadata.schema_version)?, metadata))
+}
+
+/// Decodes a stored event written at schema `version`.
+fn decode_at(event: &RecordedEvent, version: u32) -> Result<DomainEvent, CodecError> {
+    let value = upcast(event, version)?;
     let t = event.event_type.as_str();
     let r = &ReferralEvent::TYPES;
     let p = &PartnerEvent::TYPES;

@@ -36,8 +36,7 @@ pub struct ProjectedEvent {
 impl ProjectedEvent {
     /// Decodes a stored event.
     pub fn decode(recorded: RecordedEvent) -> Result<ProjectedEvent, CodecError> {
-        let event = codec::decode(&recorded)?;
-        let metadata = codec::decode_metadata(&recorded)?;
+        let (event, metadata) = codec::decode_with_metadata(&recorded)?;
         Ok(ProjectedEvent {
             position: recorded.position,
             stream: recorded.stream.as_str().to_string(),
