@@ -479,6 +479,37 @@ async fn projections_status_rebuild_and_retry_against_the_server() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Several at once: rebuilt together, one line (or JSON object) each.
+    let refused = w.cli(op, &["projections", "rebuild", "deadlines", "referrals", "deadlines"]).await.failed();
+    assert!(
+        refused.stderr.contains("INVALID_ARGUMENT") && refused.stderr.contains("deadlines is named twice"),
+        "{}",
+        refused.describe()
+    );
+    let together = w.cli(op, &["projections", "rebuild", "deadlines", "referrals"]).await.ok();
+    let lines: Vec<&str> = together.lines().collect();
+    assert_eq!(lines.len(), 2, "{together}");
+    assert!(
+        lines[0].starts_with(&format!("rebuilt deadlines: version 2 is active; {events} events in ")),
+        "{together}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("rebuilt referrals: version 3 is active; {events} events in ")),
+        "{together}"
+    );
+    let together = w.cli(op, &["projections", "rebuild", "timeline", "deadlines", "--json"]).await.json();
+    let objects = together.as_array().unwrap_or_else(|| panic!("a list: {together:#}"));
+    assert_eq!(objects.len(), 2, "{together:#}");
+    for (object, (name, version)) in objects.iter().zip([("timeline", 3), ("deadlines", 3)]) {
+        assert_eq!((object["name"].as_str(), object["version"].as_u64()), (Some(name), Some(version)), "{together:#}");
+        assert_eq!((object["active"].as_bool(), object["events"].as_u64()), (Some(true), Some(events)), "{together:#}");
+    }
+    let status = w.cli(op, &["projections", "status", "--json"]).await.json();
+    for (name, version) in [("referrals", 3), ("timeline", 3), ("history", 2), ("deadlines", 3)] {
+        let v = versions(&status, name);
+        assert_eq!((v.len(), v[0]["version"].as_u64()), (1, Some(version)), "{name}: {status:#}");
+    }
+
     let retried = w.cli(op, &["projections", "retry", "deadlines"]).await.ok();
     assert_eq!(retried.trim(), "deadlines was not failed; nothing to retry");
     let retried = w.cli(op, &["projections", "retry", "deadlines", "--json"]).await.json();
@@ -537,6 +568,16 @@ async fn projections_work_offline_on_a_data_dir() {
     let rebuilt = cli(&["projections", "rebuild", "referrals", "--data-dir", path(dir), "--json"]).await.json();
     assert_eq!(rebuilt["version"], 2);
     assert_eq!(rebuilt["events"], events);
+
+    let together =
+        cli(&["projections", "rebuild", "timeline", "deadlines", "--data-dir", path(dir), "--json"]).await.json();
+    let versions_built: Vec<(&str, u64)> = together
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {together:#}"))
+        .iter()
+        .map(|o| (o["name"].as_str().unwrap_or_default(), o["version"].as_u64().unwrap_or_default()))
+        .collect();
+    assert_eq!(versions_built, [("timeline", 2), ("deadlines", 2)]);
 
     let retried = cli(&["projections", "retry", "timeline", "--data-dir", path(dir)]).await.ok();
     assert_eq!(retried.trim(), "timeline was not failed; nothing to retry");

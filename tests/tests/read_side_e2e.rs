@@ -343,7 +343,7 @@ async fn operators_see_projections_and_rebuild_them_while_queries_answer(backend
     let rebuilt = w
         .operator
         .clone()
-        .rebuild_projection(pb::RebuildProjectionRequest { name: "referrals".into() })
+        .rebuild_projection(pb::RebuildProjectionRequest { name: "referrals".into(), together_with: vec![] })
         .await
         .expect("rebuild")
         .into_inner();
@@ -366,7 +366,7 @@ async fn operators_see_projections_and_rebuild_them_while_queries_answer(backend
     let unknown = w
         .operator
         .clone()
-        .rebuild_projection(pb::RebuildProjectionRequest { name: "nope".into() })
+        .rebuild_projection(pb::RebuildProjectionRequest { name: "nope".into(), together_with: vec![] })
         .await
         .expect_err("unknown projection");
     assert_eq!(unknown.code(), Code::NotFound);

@@ -1,5 +1,5 @@
 //! Operator subcommands for the projections: `projections status`,
-//! `projections rebuild NAME` and `projections retry NAME`.
+//! `projections rebuild NAME...` and `projections retry NAME`.
 //!
 //! By default they ask a running server (`ProjectionAdmin`, operator token).
 //! With `--data-dir` they work offline, in this process, on a data directory
@@ -53,8 +53,10 @@ pub struct Target {
 
 #[derive(Args)]
 pub struct RebuildArgs {
-    /// referrals, timeline, history or deadlines.
-    name: String,
+    /// referrals, timeline, history or deadlines; several are rebuilt together,
+    /// reading the log once for all of them.
+    #[arg(required = true, num_args = 1..)]
+    names: Vec<String>,
     /// Return as soon as the rebuild has started (against a server only).
     #[arg(long, conflicts_with = "data_dir")]
     no_wait: bool,
@@ -87,7 +89,7 @@ pub async fn run(command: ProjectionsCommand) -> ExitCode {
     };
     let result = match command {
         ProjectionsCommand::Status(_) => status(&mut backend, as_json).await,
-        ProjectionsCommand::Rebuild(a) => rebuild(&mut backend, &a.name, a.no_wait, as_json).await,
+        ProjectionsCommand::Rebuild(a) => rebuild(&mut backend, &a.names, a.no_wait, as_json).await,
         ProjectionsCommand::Retry(a) => retry(&mut backend, &a.name, as_json).await,
     };
     backend.close().await;
@@ -153,26 +155,38 @@ impl Backend {
         }
     }
 
-    /// Starts a rebuild and returns the version being built. Offline, a
-    /// rebuild an earlier run left unfinished is resumed instead.
-    async fn rebuild(&mut self, name: &str, as_json: bool) -> Result<u32, Failure> {
+    /// Starts rebuilds of `names` together and returns the versions being
+    /// built. Offline, a rebuild of one projection that an earlier run left
+    /// unfinished is resumed instead.
+    async fn rebuild(&mut self, names: &[String], as_json: bool) -> Result<Vec<u32>, Failure> {
         match self {
-            Backend::Server(client) => Ok(client
-                .rebuild_projection(pb::RebuildProjectionRequest { name: name.to_string() })
-                .await?
-                .into_inner()
-                .version),
-            Backend::Offline { projector, .. } => match projector.rebuild(name).await {
-                Ok(version) => Ok(version),
-                Err(ViewError::RebuildInProgress { version, .. }) => {
-                    if !as_json {
-                        eprintln!("an earlier run left version {version} of {name} unfinished; finishing it");
+            Backend::Server(client) => {
+                let response = client
+                    .rebuild_projection(pb::RebuildProjectionRequest {
+                        name: names[0].clone(),
+                        together_with: names[1..].to_vec(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(std::iter::once(response.version).chain(response.together_with_versions).collect())
+            }
+            Backend::Offline { projector, .. } => {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                match projector.rebuild_together(&names).await {
+                    Ok(versions) => Ok(versions),
+                    Err(ViewError::RebuildInProgress { name, version }) if names.len() == 1 => {
+                        if !as_json {
+                            eprintln!("an earlier run left version {version} of {name} unfinished; finishing it");
+                        }
+                        projector.start_one(&name).await.map_err(local)?;
+                        Ok(vec![version])
                     }
-                    projector.start_one(name).await.map_err(local)?;
-                    Ok(version)
+                    Err(e @ ViewError::RebuildInProgress { .. }) => Err(Failure::Local(format!(
+                        "{e}; an unfinished rebuild is finished by rebuilding that projection alone"
+                    ))),
+                    Err(e) => Err(local(e)),
                 }
-                Err(e) => Err(local(e)),
-            },
+            }
         }
     }
 
@@ -318,56 +332,106 @@ fn seconds_text(s: f64) -> String {
     }
 }
 
-fn progress_bar(name: &str, version: u32) -> ProgressBar {
+fn progress_bar(building: &[(String, u32)]) -> ProgressBar {
     let style = ProgressStyle::with_template("{spinner} {prefix} [{bar:32}] {pos}/{len} events  {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
-    let bar = ProgressBar::new(0).with_style(style).with_prefix(format!("rebuilding {name} v{version}"));
+    let names: Vec<String> = building.iter().map(|(name, version)| format!("{name} v{version}")).collect();
+    let bar = ProgressBar::new(0).with_style(style).with_prefix(format!("rebuilding {}", names.join(", ")));
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
 
-async fn rebuild(backend: &mut Backend, name: &str, no_wait: bool, as_json: bool) -> Result<(), Failure> {
+/// How far one rebuilt version is, from `status`.
+struct Progress {
+    active: bool,
+    applied: u64,
+    lag: u64,
+    events_per_second: f64,
+    eta_seconds: Option<f64>,
+}
+
+/// Finds version `version` of `name` in a status answer; an error when it
+/// is gone or has failed.
+fn progress(response: &pb::ListProjectionsResponse, name: &str, version: u32) -> Result<Progress, Failure> {
+    let projection = response
+        .projections
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| Failure::Local(format!("projection {name} is no longer listed")))?;
+    let Some(v) = projection.versions.iter().find(|v| v.version == version) else {
+        return Err(Failure::Local(format!(
+            "version {version} of {name} is gone: another rebuild replaced it; see `projections status`"
+        )));
+    };
+    if let Some(f) = v.failure.as_ref().filter(|_| !v.active) {
+        return Err(Failure::Local(format!(
+            "the rebuild of {name} (version {version}) stopped at position {}: {}; fix the cause, then run \
+             `referral-engine projections retry {name}`",
+            position_text(&f.position),
+            f.error
+        )));
+    }
+    Ok(Progress {
+        active: v.active,
+        applied: v.events_applied,
+        lag: v.lag_events,
+        events_per_second: v.events_per_second,
+        eta_seconds: v.eta_seconds,
+    })
+}
+
+async fn rebuild(backend: &mut Backend, names: &[String], no_wait: bool, as_json: bool) -> Result<(), Failure> {
     let started = Instant::now();
-    let version = backend.rebuild(name, as_json).await?;
+    let versions = backend.rebuild(names, as_json).await?;
+    let building: Vec<(String, u32)> = names.iter().cloned().zip(versions).collect();
+    // One name prints one object, as it always has; several print a list.
+    let print_json = |objects: Vec<Value>| {
+        if objects.len() == 1 {
+            emit!("{}", objects[0]);
+        } else {
+            emit!("{}", Value::Array(objects));
+        }
+    };
     if no_wait {
         if as_json {
-            emit!("{}", json!({"name": name, "version": version, "active": false}));
+            print_json(building.iter().map(|(n, v)| json!({"name": n, "version": v, "active": false})).collect());
         } else {
-            emit!("rebuilding {name}: version {version} started; follow it with `referral-engine projections status`");
+            for (name, version) in &building {
+                emit!(
+                    "rebuilding {name}: version {version} started; follow it with `referral-engine projections status`"
+                );
+            }
         }
         return Ok(());
     }
-    let bar = (!as_json && std::io::stdout().is_terminal()).then(|| progress_bar(name, version));
+    let bar = (!as_json && std::io::stdout().is_terminal()).then(|| progress_bar(&building));
+    // Per projection: events applied, and seconds until its version was active.
+    let mut done: Vec<Option<(u64, f64)>> = vec![None; building.len()];
     let waited = async {
         loop {
             let response = backend.status().await?;
-            let projection = response
-                .projections
-                .iter()
-                .find(|p| p.name == name)
-                .ok_or_else(|| Failure::Local(format!("projection {name} is no longer listed")))?;
-            let Some(v) = projection.versions.iter().find(|v| v.version == version) else {
-                return Err(Failure::Local(format!(
-                    "version {version} of {name} is gone: another rebuild replaced it; see `projections status`"
-                )));
-            };
-            if v.active {
-                return Ok(v.events_applied);
+            let (mut applied, mut total, mut rate, mut eta) = (0, 0, 0.0, None::<f64>);
+            for ((name, version), finished) in building.iter().zip(done.iter_mut()) {
+                let p = progress(&response, name, *version)?;
+                if p.active && finished.is_none() {
+                    *finished = Some((p.applied, started.elapsed().as_secs_f64()));
+                }
+                applied += p.applied;
+                total += p.applied + if p.active { 0 } else { p.lag };
+                rate += p.events_per_second;
+                if let Some(e) = p.eta_seconds.filter(|_| !p.active) {
+                    eta = Some(eta.map_or(e, |longest: f64| longest.max(e)));
+                }
             }
-            if let Some(f) = &v.failure {
-                return Err(Failure::Local(format!(
-                    "the rebuild of {name} (version {version}) stopped at position {}: {}; fix the cause, then run \
-                     `referral-engine projections retry {name}`",
-                    position_text(&f.position),
-                    f.error
-                )));
+            if done.iter().all(Option::is_some) {
+                return Ok::<(), Failure>(());
             }
             if let Some(bar) = &bar {
-                bar.set_length(v.events_applied + v.lag_events);
-                bar.set_position(v.events_applied);
-                let eta = v.eta_seconds.map_or_else(|| "-".into(), seconds_text);
-                bar.set_message(format!("{:.0} events/s, ETA {eta}", v.events_per_second));
+                bar.set_length(total);
+                bar.set_position(applied);
+                let eta = eta.map_or_else(|| "-".into(), seconds_text);
+                bar.set_message(format!("{rate:.0} events/s, ETA {eta}"));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -376,16 +440,21 @@ async fn rebuild(backend: &mut Backend, name: &str, no_wait: bool, as_json: bool
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let events = waited?;
-    let seconds = started.elapsed().as_secs_f64();
-    let rate = if seconds > 0.0 { events as f64 / seconds } else { 0.0 };
+    waited?;
+    let mut objects = Vec::new();
+    for ((name, version), finished) in building.iter().zip(&done) {
+        let (events, seconds) = finished.unwrap_or_default();
+        let rate = if seconds > 0.0 { events as f64 / seconds } else { 0.0 };
+        if as_json {
+            objects.push(json!({"name": name, "version": version, "active": true, "events": events, "seconds": seconds, "events_per_second": rate}));
+        } else {
+            emit!(
+                "rebuilt {name}: version {version} is active; {events} events in {seconds:.1} s ({rate:.0} events/s)"
+            );
+        }
+    }
     if as_json {
-        emit!(
-            "{}",
-            json!({"name": name, "version": version, "active": true, "events": events, "seconds": seconds, "events_per_second": rate})
-        );
-    } else {
-        emit!("rebuilt {name}: version {version} is active; {events} events in {seconds:.1} s ({rate:.0} events/s)");
+        print_json(objects);
     }
     Ok(())
 }

@@ -82,8 +82,14 @@ impl ProjectionAdmin for AdminService {
         request: Request<pb::RebuildProjectionRequest>,
     ) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
         require_role(&caller(&request)?, ADMIN_ROLES, "rebuilding a projection")?;
-        let version = self.projector.rebuild(&request.get_ref().name).await.map_err(view_status)?;
-        Ok(Response::new(pb::RebuildProjectionResponse { version }))
+        let request = request.get_ref();
+        let names: Vec<&str> =
+            std::iter::once(request.name.as_str()).chain(request.together_with.iter().map(String::as_str)).collect();
+        let versions = self.projector.rebuild_together(&names).await.map_err(view_status)?;
+        Ok(Response::new(pb::RebuildProjectionResponse {
+            version: versions[0],
+            together_with_versions: versions[1..].to_vec(),
+        }))
     }
 
     async fn retry_projection(
