@@ -384,6 +384,33 @@ impl Projector {
         Ok(versions)
     }
 
+    /// Abandons the rebuild of `name` in progress, failed or not: its worker
+    /// stops, its tables are dropped and it leaves the registry, so the
+    /// active version is the only one again. Returns the abandoned version,
+    /// or `None` when no rebuild was in progress (or it has just been
+    /// swapped in).
+    pub async fn abandon(&self, name: &str) -> Result<Option<u32>, ViewError> {
+        let projection = self.projection(name)?;
+        let (db, p) = (self.shared.db.clone(), projection.clone());
+        let abandoned = blocking(move || {
+            db.write(|tx| -> Result<Option<u32>, ViewError> {
+                let Some(building) = db::versions(tx, p.name())?.into_iter().find(|v| !v.active) else {
+                    return Ok(None);
+                };
+                drop_tables(tx, p.as_ref(), Version(building.version))?;
+                db::delete_version(tx, p.name(), building.version)?;
+                Ok(Some(building.version))
+            })
+        })
+        .await?;
+        // A failed worker waits for a retry: wake it, so it finds its
+        // version gone and stops. A running one stops at its next commit.
+        if let Some(notify) = self.shared.retry.get(projection.name()) {
+            notify.notify_waiters();
+        }
+        Ok(abandoned)
+    }
+
     /// Clears the failure of `name`'s versions so their workers resume from
     /// the event that failed. Returns whether any version had failed.
     pub async fn retry(&self, name: &str) -> Result<bool, ViewError> {

@@ -514,6 +514,8 @@ async fn projections_status_rebuild_and_retry_against_the_server() {
     assert_eq!(retried.trim(), "deadlines was not failed; nothing to retry");
     let retried = w.cli(op, &["projections", "retry", "deadlines", "--json"]).await.json();
     assert_eq!(retried["was_failed"], false);
+    let abandoned = w.cli(op, &["projections", "abandon", "deadlines"]).await.ok();
+    assert_eq!(abandoned.trim(), "deadlines has no rebuild in progress; nothing to abandon");
 
     let unknown = w.cli(op, &["projections", "rebuild", "nope"]).await.failed();
     assert!(
@@ -656,6 +658,16 @@ async fn a_failed_projection_shows_where_it_stopped_and_retry_says_it_was_failed
     let resumed = cli(&["projections", "rebuild", "history", "--data-dir", path(dir)]).await.failed();
     assert!(resumed.stderr.contains("an earlier run left version 2 of history unfinished"), "{}", resumed.describe());
     assert!(resumed.stderr.contains(&format!("stopped at position {bad}")), "{}", resumed.describe());
+
+    // The operator gives up on it: the failed version is dropped, version 1 stays.
+    let abandoned = cli(&["projections", "abandon", "history", "--data-dir", path(dir)]).await.ok();
+    assert!(abandoned.starts_with("abandoned the rebuild of history: version 2 "), "{abandoned}");
+    let status = cli(&["projections", "status", "--data-dir", path(dir), "--json"]).await.json();
+    let history = versions(&status, "history");
+    assert_eq!(history.len(), 1, "{status:#}");
+    assert_eq!((history[0]["version"].as_u64(), history[0]["active"].as_bool()), (Some(1), Some(true)));
+    let again = cli(&["projections", "abandon", "history", "--data-dir", path(dir), "--json"]).await.json();
+    assert_eq!((again["abandoned"].as_bool(), again["version"].is_null()), (Some(false), true), "{again:#}");
 }
 
 /// `--data-dir` names where a benchmark may work: it is created when

@@ -23,7 +23,7 @@ use referral_domain::ids::{CommandId, PartnerId, ReferralId, RegionId, RfiId};
 use referral_domain::profile::{LocationInput, PartnerAction, PartnerCommand, ProfileInput};
 use referral_domain::referral::{
     AcceptReferral, Consent, CustomerInput, Engagement, MoneyInput, ReferralAccepted, ReferralAction, ReferralCommand,
-    ReferralEvent, RequirementsInput, Source, Status,
+    ReferralEvent, ReferralExpired, RequirementsInput, Source, Status,
 };
 use referral_domain::values::{ContactInput, Money, ReasonCode, SizeBand};
 use referral_infra::store::SqliteEventStore;
@@ -945,6 +945,62 @@ async fn an_event_one_projection_cannot_apply_stops_only_that_projection() {
 /// transaction; the worker replays from the checkpoint one batch at a time,
 /// so everything before the event is still committed and the failure is
 /// recorded at the event, as when live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_can_be_abandoned_while_it_runs_or_after_it_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h, written, last) = busy_store(dir.path()).await;
+    const HELD_AT: usize = 500;
+    let gate = GatedStore::new(store.clone(), HELD_AT);
+    let projector = start_projector(gate.clone(), dir.path(), small_batches()).await;
+    caught_up(&projector, last).await;
+    assert!(matches!(projector.abandon("inbox").await, Err(ViewError::UnknownProjection { .. })));
+    assert_eq!(projector.abandon("timeline").await, Ok(None), "no rebuild to abandon");
+
+    // A rebuild held part of the way through the log is abandoned.
+    gate.arm();
+    assert_eq!(projector.rebuild("timeline").await, Ok(2));
+    eventually("timeline v2 is held", || async {
+        let v = versions(&projector, "timeline").await;
+        (v.len() == 2 && v[1].events_applied == HELD_AT as u64).then_some(())
+    })
+    .await;
+    assert_eq!(projector.abandon("timeline").await, Ok(Some(2)));
+    gate.release();
+    let v = versions(&projector, "timeline").await;
+    assert_eq!(v.iter().map(|v| (v.version, v.active)).collect::<Vec<_>>(), [(1, true)]);
+    assert!(!table_names(projector.db()).contains(&"timeline_v2".to_string()));
+    // The active version goes on, and a new rebuild starts and finishes.
+    let accepted = accept(&h, A, written.ours[1_100]).await;
+    caught_up(&projector, accepted).await;
+    assert_eq!(projector.rebuild("timeline").await, Ok(2));
+    eventually("the new timeline v2 replaces v1", || async {
+        let v = versions(&projector, "timeline").await;
+        (v.len() == 1 && v[0].version == 2 && v[0].checkpoint == Some(accepted)).then_some(())
+    })
+    .await;
+
+    // A rebuild stopped on an event it cannot apply is abandoned too.
+    let ghost = ReferralId(Uuid::new_v4());
+    let event =
+        DomainEvent::Referral(ReferralEvent::Expired(ReferralExpired { referral: ghost, expired_at: test_epoch() }));
+    let metadata: EventMetadata = serde_json::from_slice(&metadata()).unwrap();
+    let data = codec::encode(Uuid::new_v4(), &event, &metadata);
+    let ghost_at = store.append(&ghost.stream(), ExpectedRevision::NoStream, vec![data]).await.unwrap().position;
+    let (v1, at, _) = failed(&projector, "referrals").await;
+    assert_eq!((v1.version, at), (1, ghost_at));
+    assert_eq!(projector.rebuild("referrals").await, Ok(2));
+    eventually("referrals v2 fails too", || async {
+        let v = versions(&projector, "referrals").await;
+        (v.len() == 2 && v[1].failure.as_ref().is_some_and(|(p, _)| *p == ghost_at)).then_some(())
+    })
+    .await;
+    assert_eq!(projector.abandon("referrals").await, Ok(Some(2)));
+    let v = versions(&projector, "referrals").await;
+    assert_eq!(v.iter().map(|v| (v.version, v.active)).collect::<Vec<_>>(), [(1, true)]);
+    assert!(!table_names(projector.db()).contains(&"referrals_v2".to_string()));
+    projector.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_refused_while_catching_up_keeps_everything_before_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -380,9 +380,24 @@ async fn operators_see_projections_and_rebuild_them_while_queries_answer(backend
         .into_inner();
     assert!(!retry.was_failed);
 
+    let abandoned = w
+        .operator
+        .clone()
+        .abandon_rebuild(pb::AbandonRebuildRequest { name: "history".into() })
+        .await
+        .expect("abandon")
+        .into_inner();
+    assert_eq!((abandoned.abandoned, abandoned.version), (false, 0), "no rebuild in progress");
+
     // Not for partners.
     let partner_admin = w.server.admin(&w.server.token(Role::Partner, Some(A))).await;
     let refused = partner_admin.clone().list_projections(pb::ListProjectionsRequest {}).await.expect_err("partner");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = partner_admin
+        .clone()
+        .abandon_rebuild(pb::AbandonRebuildRequest { name: "history".into() })
+        .await
+        .expect_err("partner");
     assert_eq!(refused.code(), Code::PermissionDenied);
 }
 

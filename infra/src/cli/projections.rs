@@ -1,5 +1,6 @@
 //! Operator subcommands for the projections: `projections status`,
-//! `projections rebuild NAME...` and `projections retry NAME`.
+//! `projections rebuild NAME...`, `projections retry NAME` and
+//! `projections abandon NAME`.
 //!
 //! By default they ask a running server (`ProjectionAdmin`, operator token).
 //! With `--data-dir` they work offline, in this process, on a data directory
@@ -37,7 +38,9 @@ pub enum ProjectionsCommand {
     /// Rebuild a projection blue/green from the start of the log; waits until the new version is active.
     Rebuild(RebuildArgs),
     /// Resume a failed projection from the event it failed on.
-    Retry(RetryArgs),
+    Retry(OneProjection),
+    /// Abandon a projection's rebuild in progress (failed or not): drop the version being built.
+    Abandon(OneProjection),
 }
 
 /// Where the projections are: a running server (the default) or a data directory.
@@ -64,8 +67,9 @@ pub struct RebuildArgs {
     target: Target,
 }
 
+/// One projection, by name, and where it is.
 #[derive(Args)]
-pub struct RetryArgs {
+pub struct OneProjection {
     /// referrals, timeline, history or deadlines.
     name: String,
     #[command(flatten)]
@@ -77,7 +81,7 @@ pub async fn run(command: ProjectionsCommand) -> ExitCode {
     let target = match &command {
         ProjectionsCommand::Status(t) => t,
         ProjectionsCommand::Rebuild(a) => &a.target,
-        ProjectionsCommand::Retry(a) => &a.target,
+        ProjectionsCommand::Retry(a) | ProjectionsCommand::Abandon(a) => &a.target,
     };
     let as_json = target.conn.json;
     let mut backend = match Backend::open(target).await {
@@ -91,6 +95,7 @@ pub async fn run(command: ProjectionsCommand) -> ExitCode {
         ProjectionsCommand::Status(_) => status(&mut backend, as_json).await,
         ProjectionsCommand::Rebuild(a) => rebuild(&mut backend, &a.names, a.no_wait, as_json).await,
         ProjectionsCommand::Retry(a) => retry(&mut backend, &a.name, as_json).await,
+        ProjectionsCommand::Abandon(a) => abandon(&mut backend, &a.name, as_json).await,
     };
     backend.close().await;
     match result {
@@ -198,6 +203,18 @@ impl Backend {
                 .into_inner()
                 .was_failed),
             Backend::Offline { projector, .. } => projector.retry(name).await.map_err(local),
+        }
+    }
+
+    /// The version abandoned, if a rebuild was in progress.
+    async fn abandon(&mut self, name: &str) -> Result<Option<u32>, Failure> {
+        match self {
+            Backend::Server(client) => {
+                let response =
+                    client.abandon_rebuild(pb::AbandonRebuildRequest { name: name.to_string() }).await?.into_inner();
+                Ok(response.abandoned.then_some(response.version))
+            }
+            Backend::Offline { projector, .. } => projector.abandon(name).await.map_err(local),
         }
     }
 
@@ -489,6 +506,18 @@ async fn retry(backend: &mut Backend, name: &str, as_json: bool) -> Result<(), F
     }
     if let Some(dir) = backend.offline_dir() {
         emit!("(offline: the server resumes it when it next starts on {})", dir.display());
+    }
+    Ok(())
+}
+
+async fn abandon(backend: &mut Backend, name: &str, as_json: bool) -> Result<(), Failure> {
+    let abandoned = backend.abandon(name).await?;
+    if as_json {
+        emit!("{}", json!({"name": name, "abandoned": abandoned.is_some(), "version": abandoned}));
+    } else if let Some(version) = abandoned {
+        emit!("abandoned the rebuild of {name}: version {version} and its tables are gone; the active version answers");
+    } else {
+        emit!("{name} has no rebuild in progress; nothing to abandon");
     }
     Ok(())
 }

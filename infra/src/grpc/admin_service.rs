@@ -100,4 +100,16 @@ impl ProjectionAdmin for AdminService {
         let was_failed = self.projector.retry(&request.get_ref().name).await.map_err(view_status)?;
         Ok(Response::new(pb::RetryProjectionResponse { was_failed }))
     }
+
+    async fn abandon_rebuild(
+        &self,
+        request: Request<pb::AbandonRebuildRequest>,
+    ) -> Result<Response<pb::AbandonRebuildResponse>, Status> {
+        require_role(&caller(&request)?, ADMIN_ROLES, "abandoning a rebuild")?;
+        let abandoned = self.projector.abandon(&request.get_ref().name).await.map_err(view_status)?;
+        Ok(Response::new(pb::AbandonRebuildResponse {
+            abandoned: abandoned.is_some(),
+            version: abandoned.unwrap_or(0),
+        }))
+    }
 }
