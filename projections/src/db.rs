@@ -128,6 +128,10 @@ impl ViewDb {
                 failed_prepare INTEGER,
                 failure TEXT,
                 PRIMARY KEY (name, version)
+            );
+            CREATE TABLE IF NOT EXISTS projection_abandoned (
+                name TEXT PRIMARY KEY,
+                version INTEGER NOT NULL
             );",
         )?;
         Ok(db)
@@ -250,6 +254,30 @@ pub fn active_version(conn: &Connection, name: &str) -> rusqlite::Result<Option<
     conn.prepare_cached("SELECT version FROM projection_versions WHERE name = ?1 AND active = 1")?
         .query_row([name], |row| row.get(0))
         .optional()
+}
+
+/// The number a new version of `name` gets: above every version in the
+/// registry and every version ever abandoned, so that a number never names
+/// two versions (the worker of an abandoned one may still be winding down).
+pub fn next_version(conn: &Connection, name: &str) -> rusqlite::Result<u32> {
+    conn.query_row(
+        "SELECT MAX(COALESCE((SELECT MAX(version) FROM projection_versions WHERE name = ?1), 0),
+                    COALESCE((SELECT version FROM projection_abandoned WHERE name = ?1), 0)) + 1",
+        [name],
+        |row| row.get(0),
+    )
+}
+
+/// Removes `version` of `name` from the registry for good: its number is
+/// not used again.
+pub fn abandon_version(conn: &Connection, name: &str, version: u32) -> rusqlite::Result<()> {
+    delete_version(conn, name, version)?;
+    conn.execute(
+        "INSERT INTO projection_abandoned (name, version) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET version = MAX(version, excluded.version)",
+        params![name, version],
+    )?;
+    Ok(())
 }
 
 pub fn insert_version(conn: &Connection, name: &str, version: u32, schema: u32, active: bool) -> rusqlite::Result<()> {

@@ -365,7 +365,7 @@ impl Projector {
                             version: building.version,
                         });
                     }
-                    let next = versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+                    let next = db::next_version(tx, p.name())?;
                     db::insert_version(tx, p.name(), next, p.schema(), false)?;
                     drop_tables(tx, p.as_ref(), Version(next))?;
                     p.create(tx, Version(next))?;
@@ -398,7 +398,7 @@ impl Projector {
                     return Ok(None);
                 };
                 drop_tables(tx, p.as_ref(), Version(building.version))?;
-                db::delete_version(tx, p.name(), building.version)?;
+                db::abandon_version(tx, p.name(), building.version)?;
                 Ok(Some(building.version))
             })
         })

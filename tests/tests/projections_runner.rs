@@ -972,10 +972,11 @@ async fn a_rebuild_can_be_abandoned_while_it_runs_or_after_it_failed() {
     // The active version goes on, and a new rebuild starts and finishes.
     let accepted = accept(&h, A, written.ours[1_100]).await;
     caught_up(&projector, accepted).await;
-    assert_eq!(projector.rebuild("timeline").await, Ok(2));
-    eventually("the new timeline v2 replaces v1", || async {
+    // The abandoned number is not used again.
+    assert_eq!(projector.rebuild("timeline").await, Ok(3));
+    eventually("timeline v3 replaces v1", || async {
         let v = versions(&projector, "timeline").await;
-        (v.len() == 1 && v[0].version == 2 && v[0].checkpoint == Some(accepted)).then_some(())
+        (v.len() == 1 && v[0].version == 3 && v[0].checkpoint == Some(accepted)).then_some(())
     })
     .await;
 
