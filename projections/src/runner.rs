@@ -263,7 +263,13 @@ impl Projector {
         let mut by_checkpoint: Vec<(Option<Position>, Vec<Member>)> = Vec::new();
         for p in self.shared.projections.clone() {
             for record in self.versions_of(p.name()).await? {
-                let member = Member { projection: p.clone(), version: Version(record.version) };
+                let version = Version(record.version);
+                if record.failure.is_some() {
+                    // It waits for a retry; no feed to share.
+                    self.spawn_worker(p.clone(), version, None);
+                    continue;
+                }
+                let member = Member { projection: p.clone(), version, checkpoint: record.checkpoint };
                 match by_checkpoint.iter_mut().find(|(at, _)| *at == record.checkpoint) {
                     Some((_, members)) => members.push(member),
                     None => by_checkpoint.push((record.checkpoint, vec![member])),
@@ -271,7 +277,7 @@ impl Projector {
             }
         }
         for (_, members) in by_checkpoint {
-            self.start_group(members).await?;
+            self.start_group(members);
         }
         Ok(())
     }
@@ -302,27 +308,17 @@ impl Projector {
     /// subscription from the earliest of their checkpoints, each event read
     /// and decoded once and handed to every member, which skips what it has
     /// already applied. A member that stops for any reason (a failure, a
-    /// transient error) carries on with a feed of its own; a failed member
-    /// starts on its own.
-    async fn start_group(&self, members: Vec<Member>) -> Result<(), ViewError> {
-        let mut fed = Vec::new();
-        for member in members {
-            let (db, name, version) = (self.shared.db.clone(), member.projection.name(), member.version.0);
-            match blocking(move || db.read(|tx| Ok(db::version(tx, name, version)?))).await? {
-                None => {}
-                Some(record) if record.failure.is_some() => self.spawn_worker(member.projection, member.version, None),
-                Some(record) => fed.push((member, record.checkpoint)),
-            }
-        }
-        if fed.len() < 2 {
-            for (member, _) in fed {
+    /// transient error) carries on with a feed of its own.
+    fn start_group(&self, members: Vec<Member>) {
+        if members.len() < 2 {
+            for member in members {
                 self.spawn_worker(member.projection, member.version, None);
             }
-            return Ok(());
+            return;
         }
-        let from = fed.iter().map(|(_, checkpoint)| *checkpoint).min().flatten();
-        let mut senders = Vec::with_capacity(fed.len());
-        for (member, _) in fed {
+        let from = members.iter().map(|m| m.checkpoint).min().flatten();
+        let mut senders = Vec::with_capacity(members.len());
+        for member in members {
             let (tx, rx) = mpsc::channel(self.shared.options.group_buffer.max(1));
             senders.push(tx);
             self.spawn_worker(member.projection, member.version, Some(rx));
@@ -330,7 +326,6 @@ impl Projector {
         let start = from.map(SubscriptionStart::After).unwrap_or(SubscriptionStart::Start);
         let feeder = tokio::spawn(shared_feed(self.shared.clone(), start, senders));
         self.shared.workers.lock().unwrap_or_else(|p| p.into_inner()).push(feeder);
-        Ok(())
     }
 
     /// Starts a blue/green rebuild of `name` and returns the version being built.
@@ -378,9 +373,9 @@ impl Projector {
         let members = projections
             .into_iter()
             .zip(&versions)
-            .map(|(projection, &version)| Member { projection, version: Version(version) })
+            .map(|(projection, &version)| Member { projection, version: Version(version), checkpoint: None })
             .collect();
-        self.start_group(members).await?;
+        self.start_group(members);
         Ok(versions)
     }
 
@@ -596,6 +591,9 @@ impl Shared {
 struct Member {
     projection: Arc<dyn Projection>,
     version: Version,
+    /// Where the registry said it stood when the group formed; its worker
+    /// reads the registry again before it applies anything.
+    checkpoint: Option<Position>,
 }
 
 /// Runs one projection version until it is superseded or the projector shuts
