@@ -92,6 +92,10 @@ pub enum RunState {
     Failed,
     /// Not running in this process.
     Stopped,
+    /// Active, but built with another schema than this build's projection:
+    /// it answers queries as of its checkpoint and applies nothing more
+    /// until the version this build starts for it is swapped in.
+    Outdated,
 }
 
 impl RunState {
@@ -102,6 +106,7 @@ impl RunState {
             RunState::Rebuilding => "rebuilding",
             RunState::Failed => "failed",
             RunState::Stopped => "stopped",
+            RunState::Outdated => "outdated",
         }
     }
 }
@@ -110,6 +115,8 @@ impl RunState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionStatus {
     pub version: u32,
+    /// The projection code's schema this version was built with.
+    pub schema: u32,
     /// Whether this version answers queries.
     pub active: bool,
     pub state: RunState,
@@ -171,6 +178,12 @@ struct Shared {
     retry: HashMap<&'static str, Arc<Notify>>,
     shutdown: watch::Sender<bool>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// An active version built with another schema, and the version replacing it.
+struct Replacing {
+    outdated: db::VersionRecord,
+    building: u32,
 }
 
 /// Runs the projections. Cheap to clone.
@@ -258,11 +271,12 @@ impl Projector {
     /// Starts a worker for every version in the registry: the active ones,
     /// and any rebuild an earlier run left unfinished. Versions whose
     /// checkpoints are equal (as they are after a clean shutdown) read the
-    /// log through one shared feed.
+    /// log through one shared feed. A projection whose code changed its
+    /// schema is rebuilt (see [`Projector::versions_to_run`]).
     pub async fn start(&self) -> Result<(), ViewError> {
         let mut by_checkpoint: Vec<(Option<Position>, Vec<Member>)> = Vec::new();
         for p in self.shared.projections.clone() {
-            for record in self.versions_of(p.name()).await? {
+            for record in self.versions_to_run(&p).await? {
                 let version = Version(record.version);
                 if record.failure.is_some() {
                     // It waits for a retry; no feed to share.
@@ -287,15 +301,58 @@ impl Projector {
     /// their own process (e.g. finishing a rebuild offline).
     pub async fn start_one(&self, name: &str) -> Result<(), ViewError> {
         let projection = self.projection(name)?;
-        for record in self.versions_of(projection.name()).await? {
+        for record in self.versions_to_run(&projection).await? {
             self.spawn_worker(projection.clone(), Version(record.version), None);
         }
         Ok(())
     }
 
-    async fn versions_of(&self, name: &'static str) -> Result<Vec<db::VersionRecord>, ViewError> {
-        let db = self.shared.db.clone();
-        blocking(move || db.read(|tx| Ok(db::versions(tx, name)?))).await
+    /// The versions of `p` to run workers for. A version built with another
+    /// schema than this build's `p.schema()` is never run: this build's code
+    /// would write rows of one shape into tables of another. Such an active
+    /// version keeps answering queries as of its checkpoint while a version
+    /// with this build's schema is built from position 0 and swapped in, as
+    /// any rebuild is; such an unfinished rebuild is abandoned (and, if the
+    /// active version is current, not replaced).
+    async fn versions_to_run(&self, p: &Arc<dyn Projection>) -> Result<Vec<db::VersionRecord>, ViewError> {
+        let (db, projection) = (self.shared.db.clone(), p.clone());
+        let (records, replacing) = blocking(move || {
+            db.write(|tx| -> Result<(Vec<db::VersionRecord>, Option<Replacing>), ViewError> {
+                let (name, schema) = (projection.name(), projection.schema());
+                let mut records = db::versions(tx, name)?;
+                for stale in records.iter().filter(|r| !r.active && r.schema != schema) {
+                    drop_tables(tx, projection.as_ref(), Version(stale.version))?;
+                    db::abandon_version(tx, name, stale.version)?;
+                }
+                records.retain(|r| r.active || r.schema == schema);
+                let Some(outdated) = records.iter().find(|r| r.active && r.schema != schema).cloned() else {
+                    return Ok((records, None));
+                };
+                records.retain(|r| !r.active);
+                if records.is_empty() {
+                    let next = db::next_version(tx, name)?;
+                    db::insert_version(tx, name, next, schema, false)?;
+                    drop_tables(tx, projection.as_ref(), Version(next))?;
+                    projection.create(tx, Version(next))?;
+                    records = db::version(tx, name, next)?.into_iter().collect();
+                }
+                let building = records[0].version;
+                Ok((records, Some(Replacing { outdated, building })))
+            })
+        })
+        .await?;
+        if let Some(Replacing { outdated, building }) = replacing {
+            tracing::warn!(
+                projection = p.name(),
+                version = outdated.version,
+                built_with_schema = outdated.schema,
+                schema = p.schema(),
+                rebuilding_as = building,
+                "a projection version built with another schema answers queries as of its checkpoint until \
+                 the version rebuilt with this build's schema replaces it"
+            );
+        }
+        Ok(records)
     }
 
     fn spawn_worker(&self, projection: Arc<dyn Projection>, version: Version, feed: Option<mpsc::Receiver<Feed>>) {
@@ -354,7 +411,13 @@ impl Projector {
                 let mut next_versions = Vec::with_capacity(ps.len());
                 for p in &ps {
                     let versions = db::versions(tx, p.name())?;
-                    if let Some(building) = versions.iter().find(|v| !v.active) {
+                    // A rebuild with another schema was left by another build
+                    // (no worker here runs it): it is replaced, not resumed.
+                    for stale in versions.iter().filter(|v| !v.active && v.schema != p.schema()) {
+                        drop_tables(tx, p.as_ref(), Version(stale.version))?;
+                        db::abandon_version(tx, p.name(), stale.version)?;
+                    }
+                    if let Some(building) = versions.iter().find(|v| !v.active && v.schema == p.schema()) {
                         return Err(ViewError::RebuildInProgress {
                             name: p.name().to_string(),
                             version: building.version,
@@ -486,6 +549,7 @@ impl Projector {
                         _ => 1.0,
                     };
                     let state = match (&r.failure, rt) {
+                        _ if r.active && r.schema != p.schema() => RunState::Outdated,
                         (Some(_), _) => RunState::Failed,
                         (None, Some(rt)) => rt.state,
                         (None, None) => RunState::Stopped,
@@ -502,6 +566,7 @@ impl Projector {
                     };
                     VersionStatus {
                         version: r.version,
+                        schema: r.schema,
                         active: r.active,
                         state,
                         checkpoint: r.checkpoint,

@@ -585,6 +585,23 @@ async fn projections_work_offline_on_a_data_dir() {
     assert_eq!(retried.trim(), "timeline was not failed; nothing to retry");
     let no_wait = cli(&["projections", "rebuild", "timeline", "--data-dir", path(dir), "--no-wait"]).await.failed();
     assert!(no_wait.stderr.contains("--no-wait"), "{}", no_wait.describe());
+
+    // As if an older build, with deadlines at schema 0, had built version 2.
+    let views = rusqlite::Connection::open(dir.join(referral_infra::server::VIEWS_DB)).expect("open views");
+    views.execute("UPDATE projection_versions SET schema = 0 WHERE name = 'deadlines'", []).expect("update");
+    drop(views);
+    let status = cli(&["projections", "status", "--data-dir", path(dir)]).await.ok();
+    assert!(row(&status, "deadlines").contains("outdated (schema 0, now 1)"), "{status}");
+    let status = cli(&["projections", "status", "--data-dir", path(dir), "--json"]).await.json();
+    let deadlines = versions(&status, "deadlines");
+    assert_eq!((&deadlines[0]["state"], &deadlines[0]["schema"]), (&Value::from("outdated"), &Value::from(0)));
+    assert_eq!(versions(&status, "timeline")[0]["state"], "stopped");
+    let rebuilt = cli(&["projections", "rebuild", "deadlines", "--data-dir", path(dir), "--json"]).await.json();
+    assert_eq!(rebuilt["version"], 3);
+    let status = cli(&["projections", "status", "--data-dir", path(dir), "--json"]).await.json();
+    let deadlines = versions(&status, "deadlines");
+    assert_eq!(deadlines.len(), 1, "{status:#}");
+    assert_eq!((&deadlines[0]["state"], &deadlines[0]["schema"]), (&Value::from("stopped"), &Value::from(1)));
 }
 
 fn path(p: &Path) -> &str {

@@ -285,6 +285,16 @@ async fn submit_many(h: &CommandHandler, first: usize, rfis: usize) -> Written {
     out
 }
 
+/// A store at `dir` with profiles for A and B and `rfis` RFIs to both.
+async fn two_partners(dir: &Path, rfis: usize) -> (Arc<dyn EventStore>, CommandHandler, Written) {
+    let store = open_store(dir);
+    let h = handler(store.clone());
+    register(&h, A).await;
+    register(&h, B).await;
+    let written = submit_many(&h, 0, rfis).await;
+    (store, h, written)
+}
+
 /// Runs the commands `f` makes for `ids`, 32 at a time; the last position.
 async fn each<F, Fut>(ids: &[ReferralId], f: F) -> Position
 where
@@ -747,11 +757,7 @@ async fn projections_rebuilt_together_read_the_log_once_and_equal_the_versions_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_interrupted_by_a_restart_resumes_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
-    let h = handler(store.clone());
-    register(&h, A).await;
-    register(&h, B).await;
-    let written = submit_many(&h, 0, 300).await;
+    let (store, h, written) = two_partners(dir.path(), 300).await;
     let last = each(&written.ours[..100], |id| accept(&h, A, id)).await;
     let total = projected_log(&store).await.len() as u64;
     const HELD_AT: usize = 250;
@@ -1005,11 +1011,7 @@ async fn a_rebuild_can_be_abandoned_while_it_runs_or_after_it_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_refused_while_catching_up_keeps_everything_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
-    let h = handler(store.clone());
-    register(&h, A).await;
-    register(&h, B).await;
-    let written = submit_many(&h, 0, 150).await;
+    let (store, h, written) = two_partners(dir.path(), 150).await;
     let ghost = ReferralId(Uuid::new_v4());
     let event = DomainEvent::Referral(ReferralEvent::Expired(referral_domain::referral::ReferralExpired {
         referral: ghost,
@@ -1074,5 +1076,175 @@ async fn every_retry_is_taken_up_however_soon_it_follows_the_failure() {
             }
         }
     }
+    projector.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// (f) a build whose projection has another schema
+// ---------------------------------------------------------------------------
+
+/// A projection as another build has it: the same code under another schema
+/// number.
+struct WithSchema(Arc<dyn Projection>, u32);
+
+impl Projection for WithSchema {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn schema(&self) -> u32 {
+        self.1
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        self.0.tables()
+    }
+    fn create(&self, conn: &rusqlite::Connection, version: Version) -> rusqlite::Result<()> {
+        self.0.create(conn, version)
+    }
+    fn indexes(&self, version: Version) -> Vec<String> {
+        self.0.indexes(version)
+    }
+    fn applier(&self, version: Version) -> Box<dyn referral_projections::Applier> {
+        self.0.applier(version)
+    }
+}
+
+/// The timeline's schema in this build.
+fn timeline_schema() -> u32 {
+    all_projections().iter().find(|p| p.name() == "timeline").expect("a timeline projection").schema()
+}
+
+/// Every projection as this build has it, with `timeline` at `schema`.
+fn timeline_at_schema(schema: u32) -> Vec<Arc<dyn Projection>> {
+    all_projections()
+        .into_iter()
+        .map(|p| if p.name() == "timeline" { Arc::new(WithSchema(p, schema)) as Arc<dyn Projection> } else { p })
+        .collect()
+}
+
+async fn projector_with(store: Arc<dyn EventStore>, dir: &Path, projections: Vec<Arc<dyn Projection>>) -> Projector {
+    let db = ViewDb::open(&dir.join("views.db")).expect("open views");
+    Projector::open(store, db, projections, small_batches()).await.expect("open projector")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_whose_schema_changed_is_rebuilt_at_start_while_the_old_version_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h, written) = two_partners(dir.path(), 200).await;
+    let first = each(&written.ours[..50], |id| accept(&h, A, id)).await;
+    let total_before = projected_log(&store).await.len() as u64;
+    let s = timeline_schema();
+
+    // Built by this build; then stopped.
+    let projector = start_projector(store.clone(), dir.path(), small_batches()).await;
+    caught_up(&projector, first).await;
+    let views = Views::new(projector.db().clone());
+    let before = views.timeline(written.ours[60].to_string(), 50, String::new()).await.unwrap();
+    projector.shutdown().await;
+    drop(projector);
+    let later = accept(&h, A, written.ours[60]).await;
+
+    // The same build again: nothing to replace, nothing rebuilt.
+    let projector = projector_with(store.clone(), dir.path(), timeline_at_schema(s)).await;
+    projector.start().await.unwrap();
+    caught_up(&projector, later).await;
+    let v = versions(&projector, "timeline").await;
+    assert_eq!((v.len(), v[0].version, v[0].schema, v[0].state), (1, 1, s, RunState::Live));
+    projector.shutdown().await;
+    drop(projector);
+
+    // A gated rebuild shows the old version answering while the new one is built.
+    let gate = GatedStore::new(store.clone(), 20);
+    gate.arm();
+    let next = accept(&h, A, written.ours[61]).await;
+    let projector = projector_with(gate.clone(), dir.path(), timeline_at_schema(s + 1)).await;
+    let v = versions(&projector, "timeline").await;
+    assert_eq!((v.len(), v[0].version, v[0].schema, v[0].state), (1, 1, s, RunState::Outdated));
+    projector.start().await.unwrap();
+    let v = eventually("timeline v2 is being built", || async {
+        let v = versions(&projector, "timeline").await;
+        (v.len() == 2 && v[1].events_applied > 0).then_some(v)
+    })
+    .await;
+    assert_eq!((v[0].version, v[0].active, v[0].state), (1, true, RunState::Outdated));
+    assert_eq!((v[1].version, v[1].active, v[1].schema, v[1].state), (2, false, s + 1, RunState::Rebuilding));
+    // The outdated version applies nothing more; it answers as of its checkpoint.
+    assert_eq!(projector.checkpoint("timeline"), Some(later));
+    let views = Views::new(projector.db().clone());
+    let during = views.timeline(written.ours[60].to_string(), 50, String::new()).await.unwrap();
+    assert_eq!(during.rows.len(), before.rows.len() + 1, "the old version, with the accept made before it stopped");
+    // The other projections were not touched.
+    for name in ["referrals", "history", "deadlines"] {
+        let v = versions(&projector, name).await;
+        assert_eq!((v.len(), v[0].version), (1, 1), "{name}");
+    }
+    assert_eq!(
+        projector.rebuild("timeline").await,
+        Err(ViewError::RebuildInProgress { name: "timeline".into(), version: 2 })
+    );
+
+    gate.release();
+    let v = eventually("timeline v2 replaces v1", || async {
+        let v = versions(&projector, "timeline").await;
+        (v.len() == 1 && v[0].version == 2 && v[0].state == RunState::Live && v[0].checkpoint == Some(next))
+            .then_some(v)
+    })
+    .await;
+    assert_eq!((v[0].schema, v[0].events_applied), (s + 1, total_before + 2));
+    assert!(!table_names(projector.db()).contains(&"timeline_v1".to_string()));
+    let after = views.timeline(written.ours[61].to_string(), 50, String::new()).await.unwrap();
+    assert_eq!(after.rows.len(), before.rows.len() + 1, "the accept written while the old version was frozen");
+    projector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_left_by_a_build_with_another_schema_is_replaced_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, written) = two_partners(dir.path(), 100).await;
+    let last = written.last.unwrap();
+    let total = projected_log(&store).await.len() as u64;
+    let s = timeline_schema();
+
+    // This build starts a rebuild (held at a gate) and stops half-way.
+    let gate = GatedStore::new(store.clone(), 30);
+    let projector = projector_with(gate.clone(), dir.path(), timeline_at_schema(s)).await;
+    projector.start().await.unwrap();
+    caught_up(&projector, last).await;
+    gate.arm();
+    assert_eq!(projector.rebuild("timeline").await, Ok(2));
+    eventually("timeline v2 reaches the gate", || async {
+        let v = versions(&projector, "timeline").await;
+        (v.len() == 2 && v[1].checkpoint.is_some()).then_some(())
+    })
+    .await;
+    projector.shutdown().await;
+    drop(projector);
+
+    // A build with the next schema abandons version 2 and builds version 3.
+    let projector = projector_with(store.clone(), dir.path(), timeline_at_schema(s + 1)).await;
+    projector.start().await.unwrap();
+    let v = eventually("timeline v3 replaces v1", || async {
+        let v = versions(&projector, "timeline").await;
+        (v.len() == 1 && v[0].version == 3 && v[0].checkpoint == Some(last)).then_some(v)
+    })
+    .await;
+    assert_eq!((v[0].schema, v[0].events_applied, v[0].state), (s + 1, total, RunState::Live));
+    let tables = table_names(projector.db());
+    assert!(!tables.iter().any(|t| t == "timeline_v1" || t == "timeline_v2"), "{tables:?}");
+    projector.shutdown().await;
+    drop(projector);
+
+    // Offline (rebuild without start), a rebuild left by another build does
+    // not block this build's: it is replaced.
+    let gate = GatedStore::new(store.clone(), 30);
+    let projector = projector_with(gate.clone(), dir.path(), timeline_at_schema(s + 1)).await;
+    gate.arm();
+    assert_eq!(projector.rebuild("timeline").await, Ok(4));
+    projector.shutdown().await;
+    drop(projector);
+    gate.release();
+    let projector = projector_with(store.clone(), dir.path(), timeline_at_schema(s + 2)).await;
+    assert_eq!(projector.rebuild("timeline").await, Ok(5));
+    let v = versions(&projector, "timeline").await;
+    assert_eq!(v.iter().map(|v| (v.version, v.schema)).collect::<Vec<_>>(), vec![(3, s + 1), (5, s + 2)]);
     projector.shutdown().await;
 }

@@ -261,6 +261,7 @@ fn status_json(response: &pb::ListProjectionsResponse) -> Value {
                 "head": position_json(&p.head),
                 "versions": p.versions.iter().map(|v| json!({
                     "version": v.version,
+                    "schema": v.schema,
                     "active": v.active,
                     "state": state_name(v.state),
                     "checkpoint": position_json(&v.checkpoint),
@@ -302,6 +303,9 @@ fn status_table(response: &pb::ListProjectionsResponse) -> Table {
             let moving = [pb::ProjectionState::CatchingUp as i32, pb::ProjectionState::Rebuilding as i32];
             if moving.contains(&v.state) {
                 state = format!("{state} {:.0}%", v.progress * 100.0);
+            }
+            if v.state == pb::ProjectionState::Outdated as i32 {
+                state = format!("{state} (schema {}, now {})", v.schema, p.schema);
             }
             let error = v.failure.as_ref().map_or_else(
                 || "-".to_string(),

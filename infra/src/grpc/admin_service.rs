@@ -30,6 +30,7 @@ pub fn state_to_pb(s: RunState) -> pb::ProjectionState {
         RunState::Rebuilding => pb::ProjectionState::Rebuilding,
         RunState::Failed => pb::ProjectionState::Failed,
         RunState::Stopped => pb::ProjectionState::Stopped,
+        RunState::Outdated => pb::ProjectionState::Outdated,
     }
 }
 
@@ -60,6 +61,7 @@ pub async fn projections_to_pb(projector: &Projector) -> Result<pb::ListProjecti
                         .failure
                         .map(|(at, error)| pb::ProjectionFailure { position: Some(position_to_pb(at)), error }),
                     last_event_at: v.last_event_at.map(timestamp_to_pb),
+                    schema: v.schema,
                 })
                 .collect(),
         })
