@@ -2,7 +2,7 @@
 //! of the page it ends and the query it belongs to, so a token used with other
 //! filters is refused instead of silently paging through something else.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
 use crate::ViewError;
 
@@ -26,11 +26,35 @@ pub struct Cursor {
     pub id: String,
 }
 
-/// A fingerprint of a query's filters and order, stored in its tokens.
+/// A fingerprint of a query's filters and order, stored in its tokens. It is
+/// FNV-1a, not std's `DefaultHasher`, whose algorithm may change with any Rust
+/// release: a token must stay good when the engine that issued it is
+/// replaced by a newer build (a restart, or another instance on the same views).
 pub fn fingerprint(query: &impl Hash) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = Fnv1a::default();
     query.hash(&mut hasher);
     hasher.finish()
+}
+
+/// 64-bit FNV-1a.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 pub fn encode(cursor: &Cursor, query: u64) -> String {
@@ -79,6 +103,19 @@ mod tests {
         let token = encode(&cursor, 7);
         assert_eq!(decode(&token, 7).unwrap(), Some(cursor));
         assert_eq!(decode("", 7).unwrap(), None);
+    }
+
+    #[test]
+    fn fingerprints_are_fnv_1a_and_tell_queries_apart() {
+        // Published FNV-1a 64 test vectors.
+        for (input, expected) in [(&b""[..], 0xcbf2_9ce4_8422_2325), (b"a", 0xaf63_dc4c_8601_ec8c)] {
+            let mut hasher = Fnv1a::default();
+            hasher.write(input);
+            assert_eq!(hasher.finish(), expected, "{input:?}");
+        }
+        assert_eq!(fingerprint(&("timeline", "r-1")), fingerprint(&("timeline", "r-1")));
+        assert_ne!(fingerprint(&("timeline", "r-1")), fingerprint(&("timeline", "r-2")));
+        assert_ne!(fingerprint(&("ab", "c")), fingerprint(&("a", "bc")));
     }
 
     #[test]
