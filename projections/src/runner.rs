@@ -320,20 +320,14 @@ impl Projector {
             db.write(|tx| -> Result<(Vec<db::VersionRecord>, Option<Replacing>), ViewError> {
                 let (name, schema) = (projection.name(), projection.schema());
                 let mut records = db::versions(tx, name)?;
-                for stale in records.iter().filter(|r| !r.active && r.schema != schema) {
-                    drop_tables(tx, projection.as_ref(), Version(stale.version))?;
-                    db::abandon_version(tx, name, stale.version)?;
-                }
+                drop_rebuilds_of_other_schemas(tx, projection.as_ref(), &records)?;
                 records.retain(|r| r.active || r.schema == schema);
                 let Some(outdated) = records.iter().find(|r| r.active && r.schema != schema).cloned() else {
                     return Ok((records, None));
                 };
                 records.retain(|r| !r.active);
                 if records.is_empty() {
-                    let next = db::next_version(tx, name)?;
-                    db::insert_version(tx, name, next, schema, false)?;
-                    drop_tables(tx, projection.as_ref(), Version(next))?;
-                    projection.create(tx, Version(next))?;
+                    let next = create_next_version(tx, projection.as_ref())?;
                     records = db::version(tx, name, next)?.into_iter().collect();
                 }
                 let building = records[0].version;
@@ -411,23 +405,14 @@ impl Projector {
                 let mut next_versions = Vec::with_capacity(ps.len());
                 for p in &ps {
                     let versions = db::versions(tx, p.name())?;
-                    // A rebuild with another schema was left by another build
-                    // (no worker here runs it): it is replaced, not resumed.
-                    for stale in versions.iter().filter(|v| !v.active && v.schema != p.schema()) {
-                        drop_tables(tx, p.as_ref(), Version(stale.version))?;
-                        db::abandon_version(tx, p.name(), stale.version)?;
-                    }
+                    drop_rebuilds_of_other_schemas(tx, p.as_ref(), &versions)?;
                     if let Some(building) = versions.iter().find(|v| !v.active && v.schema == p.schema()) {
                         return Err(ViewError::RebuildInProgress {
                             name: p.name().to_string(),
                             version: building.version,
                         });
                     }
-                    let next = db::next_version(tx, p.name())?;
-                    db::insert_version(tx, p.name(), next, p.schema(), false)?;
-                    drop_tables(tx, p.as_ref(), Version(next))?;
-                    p.create(tx, Version(next))?;
-                    next_versions.push(next);
+                    next_versions.push(create_next_version(tx, p.as_ref())?);
                 }
                 Ok(next_versions)
             })
@@ -1144,6 +1129,31 @@ pub fn commit(
 
 fn record_failure(db: &ViewDb, name: &str, version: Version, position: Position, error: &str) -> Result<(), String> {
     db.write(|tx| db::save_failure(tx, name, version.0, Some((position, error)))).map_err(|e| e.to_string())
+}
+
+/// Registers the next version of `p` (to be rebuilt, with this build's
+/// schema) and creates its empty tables.
+fn create_next_version(tx: &rusqlite::Connection, p: &dyn Projection) -> Result<u32, ViewError> {
+    let next = db::next_version(tx, p.name())?;
+    db::insert_version(tx, p.name(), next, p.schema(), false)?;
+    drop_tables(tx, p, Version(next))?;
+    p.create(tx, Version(next))?;
+    Ok(next)
+}
+
+/// Abandons the rebuilds in `versions` built with another schema than this
+/// build's: another build left them, no worker here runs them, and this
+/// build's code must not carry them on.
+fn drop_rebuilds_of_other_schemas(
+    tx: &rusqlite::Connection,
+    p: &dyn Projection,
+    versions: &[db::VersionRecord],
+) -> Result<(), ViewError> {
+    for stale in versions.iter().filter(|v| !v.active && v.schema != p.schema()) {
+        drop_tables(tx, p, Version(stale.version))?;
+        db::abandon_version(tx, p.name(), stale.version)?;
+    }
+    Ok(())
 }
 
 /// Makes `version` the active one if it is at least as far as the current
