@@ -678,8 +678,7 @@ async fn worker(
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(projection = name, version = version.0, error = %e, "cannot read the registry");
-                sleep_or_shutdown(&mut shutdown, pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                back_off(&mut shutdown, &mut pause).await;
                 continue;
             }
         };
@@ -701,8 +700,7 @@ async fn worker(
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(projection = name, version = version.0, error = %e, "cannot subscribe to the log");
-                        sleep_or_shutdown(&mut shutdown, pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
+                        back_off(&mut shutdown, &mut pause).await;
                         continue;
                     }
                 };
@@ -734,19 +732,20 @@ async fn worker(
             }
             Ended::Transient(error) => {
                 tracing::warn!(projection = name, version = version.0, %error, "projection paused; retrying");
-                sleep_or_shutdown(&mut shutdown, pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                back_off(&mut shutdown, &mut pause).await;
             }
         }
     }
     shared.forget(name, version);
 }
 
-async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, pause: Duration) {
+/// Waits `pause` (or until shutdown), then doubles it, up to 5 s.
+async fn back_off(shutdown: &mut watch::Receiver<bool>, pause: &mut Duration) {
     tokio::select! {
-        _ = tokio::time::sleep(pause) => {}
+        _ = tokio::time::sleep(*pause) => {}
         _ = shutdown.changed() => {}
     }
+    *pause = (*pause * 2).min(Duration::from_secs(5));
 }
 
 /// Reads the log from `start` for a group of versions (see
