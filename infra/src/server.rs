@@ -55,8 +55,8 @@ pub enum ServeError {
 
 /// File name of the embedded event store inside the data directory.
 pub const EVENTS_DB: &str = "events.db";
-/// File name of the view database inside the data directory.
-pub const VIEWS_DB: &str = "views.db";
+/// Directory of the view databases (one file per projection) inside the data directory.
+pub const VIEWS_DIR: &str = "views";
 
 /// Everything a server runs with.
 pub struct ServerParts {
@@ -78,7 +78,15 @@ pub struct ReadSide {
 impl ReadSide {
     /// The read side of a data directory, with a scheduler pass every second.
     pub fn in_dir(data_dir: &Path) -> Result<ReadSide, ServeError> {
-        Ok(ReadSide { views: ViewDb::open(&data_dir.join(VIEWS_DB))?, expiry_interval: Duration::from_secs(1) })
+        let single_file = data_dir.join("views.db");
+        if single_file.exists() {
+            tracing::warn!(
+                file = %single_file.display(),
+                "views now live in one file per projection under {VIEWS_DIR}/ and are built there from the log; \
+                 the single-file view database of earlier builds is not read and can be deleted"
+            );
+        }
+        Ok(ReadSide { views: ViewDb::open(&data_dir.join(VIEWS_DIR))?, expiry_interval: Duration::from_secs(1) })
     }
 }
 

@@ -4,11 +4,12 @@
 //! EventStore::subscribe_all ──► runner (per projection version: feeder ─► applier)
 //!                                  │  one write transaction per batch: rows + checkpoint
 //!                                  ▼
-//!                               views.db ◄── Views (queries: inbox, active, archive,
-//!                                                   detail, timeline, history, deadlines)
+//!                               views/<projection>.db ◄── Views (queries: inbox, active,
+//!                                               archive, detail, timeline, history, deadlines)
 //! ```
 //!
-//! * [`db`]: the view database and its registry of projection versions;
+//! * [`db`]: the view databases (one file per projection) and the registry
+//!   of projection versions each file holds;
 //! * [`projection`]: the `Projection` trait and the decoded event it applies;
 //! * [`runner`]: catch-up then live, failures that stop and wait for retry,
 //!   blue/green rebuilds, status;

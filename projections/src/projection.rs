@@ -115,8 +115,8 @@ pub trait Projection: Send + Sync + 'static {
 
 /// Applies events to one version's tables in two steps: `apply` folds events
 /// into changes held in memory, `flush` writes them. A referral's row that
-/// four events change is then written once, and projections fold their
-/// events side by side while only their writes take turns.
+/// four events change is then written once, and the write transaction is
+/// held only while the changes are written.
 ///
 /// The runner calls `apply` for consecutive runs of events outside any write
 /// transaction: it may read the tables (it sees what was committed, and must

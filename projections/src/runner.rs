@@ -22,8 +22,9 @@
 //!
 //! * Live, every batch is committed at once. Catching up (or rebuilding),
 //!   the applier commits every quarter second, so a row that several events
-//!   change is written once, and only the writes of different projections
-//!   take turns on the database's one writer connection.
+//!   change is written once. Each projection has a file of its own with one
+//!   writer connection, so different projections commit side by side; only
+//!   the versions of one projection (a live one and its rebuild) take turns.
 //! * The applier skips anything at or before its checkpoint, so a
 //!   redelivered event changes nothing.
 //! * An event a projection cannot apply stops that projection; the event's
@@ -220,7 +221,7 @@ impl Projector {
             let (db, p2) = (db.clone(), p.clone());
             let checkpoint = blocking(move || {
                 let p = p2;
-                db.write(|tx| -> Result<Option<Position>, ViewError> {
+                db.write(p.name(), |tx| -> Result<Option<Position>, ViewError> {
                     match db::active_version(tx, p.name())? {
                         Some(v) => Ok(db::version(tx, p.name(), v)?.and_then(|r| r.checkpoint)),
                         None => {
@@ -317,7 +318,7 @@ impl Projector {
     async fn versions_to_run(&self, p: &Arc<dyn Projection>) -> Result<Vec<db::VersionRecord>, ViewError> {
         let (db, projection) = (self.shared.db.clone(), p.clone());
         let (records, replacing) = blocking(move || {
-            db.write(|tx| -> Result<(Vec<db::VersionRecord>, Option<Replacing>), ViewError> {
+            db.write(projection.name(), |tx| -> Result<(Vec<db::VersionRecord>, Option<Replacing>), ViewError> {
                 let (name, schema) = (projection.name(), projection.schema());
                 let mut records = db::versions(tx, name)?;
                 drop_rebuilds_of_other_schemas(tx, projection.as_ref(), &records)?;
@@ -401,21 +402,28 @@ impl Projector {
         }
         let (db, ps) = (self.shared.db.clone(), projections.clone());
         let versions = blocking(move || {
-            db.write(|tx| -> Result<Vec<u32>, ViewError> {
-                let mut next_versions = Vec::with_capacity(ps.len());
-                for p in &ps {
-                    let versions = db::versions(tx, p.name())?;
-                    drop_rebuilds_of_other_schemas(tx, p.as_ref(), &versions)?;
-                    if let Some(building) = versions.iter().find(|v| !v.active && v.schema == p.schema()) {
-                        return Err(ViewError::RebuildInProgress {
-                            name: p.name().to_string(),
-                            version: building.version,
-                        });
-                    }
-                    next_versions.push(create_next_version(tx, p.as_ref())?);
+            // Every file's writer is held (taken in name order, as nothing
+            // else takes two) until all are checked, so two rebuilds asked
+            // for at once cannot both start.
+            let mut by_name: Vec<&Arc<dyn Projection>> = ps.iter().collect();
+            by_name.sort_by_key(|p| p.name());
+            let files = by_name.iter().map(|p| db.file(p.name())).collect::<Result<Vec<_>, _>>()?;
+            let open = files.iter().map(|f| f.begin()).collect::<Result<Vec<_>, _>>()?;
+            for (p, tx) in by_name.iter().zip(&open) {
+                let versions = db::versions(tx.conn(), p.name())?;
+                drop_rebuilds_of_other_schemas(tx.conn(), p.as_ref(), &versions)?;
+                if let Some(building) = versions.iter().find(|v| !v.active && v.schema == p.schema()) {
+                    return Err(ViewError::RebuildInProgress { name: p.name().to_string(), version: building.version });
                 }
-                Ok(next_versions)
-            })
+            }
+            let mut next = HashMap::new();
+            for (p, tx) in by_name.iter().zip(&open) {
+                next.insert(p.name(), create_next_version(tx.conn(), p.as_ref())?);
+            }
+            for tx in open {
+                tx.commit()?;
+            }
+            Ok(ps.iter().map(|p| next[p.name()]).collect::<Vec<u32>>())
         })
         .await?;
         let members = projections
@@ -436,7 +444,7 @@ impl Projector {
         let projection = self.projection(name)?;
         let (db, p) = (self.shared.db.clone(), projection.clone());
         let abandoned = blocking(move || {
-            db.write(|tx| -> Result<Option<u32>, ViewError> {
+            db.write(p.name(), |tx| -> Result<Option<u32>, ViewError> {
                 let Some(building) = db::versions(tx, p.name())?.into_iter().find(|v| !v.active) else {
                     return Ok(None);
                 };
@@ -460,7 +468,7 @@ impl Projector {
         let projection = self.projection(name)?;
         let db = self.shared.db.clone();
         let cleared = blocking(move || {
-            db.write(|tx| -> Result<bool, ViewError> {
+            db.write(projection.name(), |tx| -> Result<bool, ViewError> {
                 let mut cleared = false;
                 for v in db::versions(tx, projection.name())? {
                     if v.failure.is_some() {
@@ -510,7 +518,7 @@ impl Projector {
         let mut out = Vec::new();
         for p in &self.shared.projections {
             let (db, name) = (self.shared.db.clone(), p.name());
-            let records = blocking(move || db.read(|tx| Ok(db::versions(tx, name)?))).await?;
+            let records = blocking(move || db.read(name, |tx| Ok(db::versions(tx, name)?))).await?;
             let runtime = self.shared.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let versions = records
                 .into_iter()
@@ -673,7 +681,7 @@ async fn worker(
         // failure after the read still wakes the wait below.
         let notified = retry.notified();
         let db = shared.db.clone();
-        let record = match blocking(move || db.read(|tx| Ok(db::version(tx, name, version.0)?))).await {
+        let record = match blocking(move || db.read(name, |tx| Ok(db::version(tx, name, version.0)?))).await {
             Ok(Some(record)) => record,
             Ok(None) => break,
             Err(e) => {
@@ -882,7 +890,8 @@ fn flush_and_commit(
     committed: Option<Position>,
     held: &Held,
 ) -> Result<(), Abandoned> {
-    let open = db.begin()?;
+    let file = db.file(name)?;
+    let open = file.begin()?;
     let record = db::version(open.conn(), name, version.0)?.ok_or(Abandoned::Superseded)?;
     if record.checkpoint != committed {
         return Err(Abandoned::Storage(format!(
@@ -906,12 +915,12 @@ fn apply_loop(
 ) -> Ended {
     let name = projection.name();
     // For the applier's reads; writes go through the database's writer.
-    let conn = match shared.db.connect() {
+    let conn = match shared.db.connect(name) {
         Ok(c) => c,
         Err(e) => return Ended::Transient(e.to_string()),
     };
     // This worker is its version's only writer: the checkpoint is read once.
-    let mut committed = match shared.db.read(|tx| Ok(db::version(tx, name, version.0)?)) {
+    let mut committed = match shared.db.read(name, |tx| Ok(db::version(tx, name, version.0)?)) {
         Ok(Some(record)) => record.checkpoint,
         Ok(None) => return Ended::Superseded,
         Err(e) => return Ended::Transient(e.to_string()),
@@ -1022,7 +1031,7 @@ fn apply_loop(
             if !rebuilding {
                 shared.set_state(name, version, RunState::Live);
             } else if rx.is_empty() {
-                if let Err(e) = shared.db.write(|tx| create_indexes(tx, projection, version)) {
+                if let Err(e) = shared.db.write(name, |tx| create_indexes(tx, projection, version)) {
                     return Ended::Transient(e.to_string());
                 }
                 match swap_in(&shared.db, projection, version) {
@@ -1093,7 +1102,7 @@ pub fn commit(
     events: &[Arc<ProjectedEvent>],
 ) -> Result<Committed, CommitError> {
     let name = projection.name();
-    let attempt = db.write(|tx| -> Result<Committed, TxAbort> {
+    let attempt = db.write(name, |tx| -> Result<Committed, TxAbort> {
         let record = db::version(tx, name, version.0)?.ok_or(TxAbort::Superseded)?;
         let skip = events.partition_point(|e| record.checkpoint.is_some_and(|c| e.position <= c));
         let fresh = &events[skip..];
@@ -1127,7 +1136,7 @@ pub fn commit(
 }
 
 fn record_failure(db: &ViewDb, name: &str, version: Version, position: Position, error: &str) -> Result<(), String> {
-    db.write(|tx| db::save_failure(tx, name, version.0, Some((position, error)))).map_err(|e| e.to_string())
+    db.write(name, |tx| db::save_failure(tx, name, version.0, Some((position, error)))).map_err(|e| e.to_string())
 }
 
 /// Registers the next version of `p` (to be rebuilt, with this build's
@@ -1163,7 +1172,7 @@ fn swap_in(
     version: Version,
 ) -> Result<Option<Option<Position>>, CommitError> {
     let name = projection.name();
-    db.write(|tx| -> Result<Option<Option<Position>>, CommitError> {
+    db.write(name, |tx| -> Result<Option<Option<Position>>, CommitError> {
         let me = db::version(tx, name, version.0)?.ok_or(CommitError::Superseded)?;
         if me.failure.is_some() {
             return Err(CommitError::Failed { position: Position::START, error: "failed".into() });

@@ -13,7 +13,7 @@ use crate::referrals::{self, List, ListFilter, Page, ReferralRow};
 use crate::timeline::{self, TimelineEntry};
 use crate::ViewError;
 
-/// The query side of the view database. Cheap to clone.
+/// The query side of the view databases. Cheap to clone.
 #[derive(Clone)]
 pub struct Views {
     db: ViewDb,
@@ -31,7 +31,7 @@ impl Views {
     ) -> Result<T, ViewError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            db.read(|tx| {
+            db.read(projection, |tx| {
                 let version = db::active_version(tx, projection)?.ok_or(ViewError::NotReady(projection))?;
                 query(tx, Version(version))
             })

@@ -245,7 +245,7 @@ fn build_incrementally(
 ) -> Result<(), TestCaseError> {
     let v1 = Version(1);
     let mut db = Some(ViewDb::open(path).expect("open"));
-    let mut conn = Some(db.as_ref().unwrap().connect().expect("connect"));
+    let mut conn = Some(db.as_ref().unwrap().connect(projection.name()).expect("connect"));
     register_version(conn.as_ref().unwrap(), projection, 1, true);
     let mut done = 0usize;
     for batch in plan.iter().cycle() {
@@ -263,7 +263,7 @@ fn build_incrementally(
             _ => {}
         }
         let db = db.get_or_insert_with(|| ViewDb::open(path).expect("reopen"));
-        let conn = conn.get_or_insert_with(|| db.connect().expect("reconnect"));
+        let conn = conn.get_or_insert_with(|| db.connect(projection.name()).expect("reconnect"));
         let checkpoint = (done > 0).then(|| events[done - 1].position);
         if batch.redeliver == 0 && done > 0 {
             // A range already committed, sent again: nothing changes.
@@ -469,14 +469,14 @@ fn run(partners: usize, specs: &[ReferralSpec], moves: &[Move], plan: &[Batch]) 
     let events = &log.events;
     prop_assert!(!log.referrals.is_empty());
     let dir = scratch_dir();
-    let path = dir.path().join("views.db");
+    let path = dir.path().join("views");
     for projection in referral_projections::all_projections() {
         let p = projection.as_ref();
         build_incrementally(&path, p, events, plan)?;
 
         // Version 2, from scratch in one batch, next to version 1.
         let db = ViewDb::open(&path).unwrap();
-        let conn = db.connect().unwrap();
+        let conn = db.connect(p.name()).unwrap();
         register_version(&conn, p, 2, false);
         let all = runner::commit(&db, p, Version(2), events).unwrap();
         prop_assert_eq!(all, Committed { applied: events.len() as u64, checkpoint: Some(log.last_position()) });
@@ -490,8 +490,7 @@ fn run(partners: usize, specs: &[ReferralSpec], moves: &[Move], plan: &[Batch]) 
             prop_assert_eq!(record.failure, None);
         }
     }
-    let db = ViewDb::open(&path).unwrap();
-    let conn = db.connect().unwrap();
+    let conn = all_views(&ViewDb::open(&path).unwrap());
     check_against_model(&conn, &log, partners)
 }
 

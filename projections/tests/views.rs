@@ -20,7 +20,7 @@ const B: &str = "northwind";
 
 /// The views of `log`, in a fresh database in `dir`.
 fn views_of(dir: &tempfile::TempDir, log: &Log) -> (ViewDb, Views) {
-    let db = build_views(&dir.path().join("views.db"), &log.events);
+    let db = build_views(&dir.path().join("views"), &log.events);
     (db.clone(), Views::new(db))
 }
 
@@ -155,7 +155,7 @@ async fn a_referral_row_never_goes_back_to_an_earlier_event_even_handed_one_agai
     // runner would skip it, being at or before the checkpoint).
     let first = log.events.iter().find(|e| e.stream == id.stream().as_str() && e.revision.0 == 0).unwrap().clone();
     let projection = referral_projections::referrals::ReferralsProjection;
-    db.write(|tx| {
+    db.write(referral_projections::referrals::NAME, |tx| {
         use referral_projections::Projection;
         projection
             .apply_batch(tx, Version(1), &[first])
@@ -774,7 +774,7 @@ async fn a_referral_detail_carries_its_revision_and_position_and_unknown_ones_ar
 #[tokio::test]
 async fn queries_before_any_version_is_registered_say_the_view_is_not_ready() {
     let dir = scratch_dir();
-    let views = Views::new(ViewDb::open(&dir.path().join("views.db")).unwrap());
+    let views = Views::new(ViewDb::open(&dir.path().join("views")).unwrap());
     assert_eq!(
         views.list(List::Inbox, ListFilter::default(), 10, String::new()).await.unwrap_err(),
         ViewError::NotReady("referrals")

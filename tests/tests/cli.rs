@@ -587,7 +587,8 @@ async fn projections_work_offline_on_a_data_dir() {
     assert!(no_wait.stderr.contains("--no-wait"), "{}", no_wait.describe());
 
     // As if an older build, with deadlines at schema 0, had built version 2.
-    let views = rusqlite::Connection::open(dir.join(referral_infra::server::VIEWS_DB)).expect("open views");
+    let views = rusqlite::Connection::open(dir.join(referral_infra::server::VIEWS_DIR).join("deadlines.db"))
+        .expect("open the deadlines view");
     views.execute("UPDATE projection_versions SET schema = 0 WHERE name = 'deadlines'", []).expect("update");
     drop(views);
     let status = cli(&["projections", "status", "--data-dir", path(dir)]).await.ok();
@@ -770,7 +771,7 @@ async fn bench_rebuild_measures_each_phase_in_its_own_process() {
         "--store",
         path(&dir.path().join("missing.db")),
         "--views",
-        path(&dir.path().join("views.db")),
+        path(&dir.path().join("views")),
         "--phase",
         "nope",
         "--head",

@@ -39,7 +39,7 @@ impl Engine {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store: Arc<dyn EventStore> =
             Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).expect("open store"));
-        let db = ViewDb::open(&dir.path().join("views.db")).expect("open views");
+        let db = ViewDb::open(&dir.path().join("views")).expect("open views");
         let projector = Projector::open(store.clone(), db.clone(), all_projections(), RunnerOptions::default())
             .await
             .expect("projector");

@@ -195,7 +195,7 @@ type Dump = BTreeMap<&'static str, Vec<Vec<Value>>>;
 fn dump(views: &ViewDb, name: &'static str) -> (u32, Dump) {
     let projection = all_projections().into_iter().find(|p| p.name() == name).expect("projection");
     views
-        .read(|tx| {
+        .read(name, |tx| {
             let version = db::active_version(tx, name)?.ok_or(ViewError::NotReady(name))?;
             let mut out = Dump::new();
             for base in projection.tables() {
@@ -320,95 +320,91 @@ fn status_name(status: Status) -> &'static str {
 
 /// Checks the active views against the log.
 fn check_against_log(views: &ViewDb, expected: &FromLog) {
-    views
-        .read(|tx| {
-            let table = |name: &'static str, base: &str| -> Result<String, ViewError> {
-                let version = db::active_version(tx, name)?.ok_or(ViewError::NotReady(name))?;
-                Ok(Version(version).table(base))
-            };
+    (|| -> Result<(), ViewError> {
+        // A connection to the projection's file, and the table `base` of its active version.
+        let table = |name: &'static str, base: &str| -> Result<(rusqlite::Connection, String), ViewError> {
+            let conn = views.connect(name)?;
+            let version = db::active_version(&conn, name)?.ok_or(ViewError::NotReady(name))?;
+            Ok((conn, Version(version).table(base)))
+        };
 
-            // One referrals row per referral stream, holding the folded state.
-            let t = table(referrals::NAME, "referrals")?;
-            let mut stmt =
-                tx.prepare(&format!("SELECT referral, revision, position_commit, status, state FROM {t}"))?;
-            let rows: BTreeMap<String, (u64, u64, String, String)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))?
-                .collect::<Result<_, _>>()?;
-            assert_eq!(
-                rows.keys().collect::<Vec<_>>(),
-                expected.referrals.keys().collect::<Vec<_>>(),
-                "the referrals view must have one row per referral stream"
-            );
-            for (id, (referral, revision, commit)) in &expected.referrals {
-                let (row_revision, row_commit, status, state) = &rows[id];
-                assert_eq!((row_revision, row_commit), (revision, commit), "revision and position of {id}");
-                assert_eq!(status, status_name(referral.status), "status of {id}");
-                let state: serde_json::Value = serde_json::from_str(state).expect("stored state is JSON");
-                assert_eq!(state, serde_json::to_value(referral).expect("state to JSON"), "state of {id}");
-            }
+        // One referrals row per referral stream, holding the folded state.
+        let (tx, t) = table(referrals::NAME, "referrals")?;
+        let mut stmt = tx.prepare(&format!("SELECT referral, revision, position_commit, status, state FROM {t}"))?;
+        let rows: BTreeMap<String, (u64, u64, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))?
+            .collect::<Result<_, _>>()?;
+        assert_eq!(
+            rows.keys().collect::<Vec<_>>(),
+            expected.referrals.keys().collect::<Vec<_>>(),
+            "the referrals view must have one row per referral stream"
+        );
+        for (id, (referral, revision, commit)) in &expected.referrals {
+            let (row_revision, row_commit, status, state) = &rows[id];
+            assert_eq!((row_revision, row_commit), (revision, commit), "revision and position of {id}");
+            assert_eq!(status, status_name(referral.status), "status of {id}");
+            let state: serde_json::Value = serde_json::from_str(state).expect("stored state is JSON");
+            assert_eq!(state, serde_json::to_value(referral).expect("state to JSON"), "state of {id}");
+        }
 
-            // One timeline row per referral event.
-            let t = table(timeline::NAME, "timeline")?;
-            let mut stmt = tx.prepare(&format!("SELECT referral, revision, position_commit FROM {t}"))?;
-            let entries: BTreeSet<(String, u64, u64)> =
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-            assert_eq!(entries.len(), expected.timeline.len(), "timeline rows");
-            assert!(entries == expected.timeline, "the timeline differs from the log's referral events");
+        // One timeline row per referral event.
+        let (tx, t) = table(timeline::NAME, "timeline")?;
+        let mut stmt = tx.prepare(&format!("SELECT referral, revision, position_commit FROM {t}"))?;
+        let entries: BTreeSet<(String, u64, u64)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        assert_eq!(entries.len(), expected.timeline.len(), "timeline rows");
+        assert!(entries == expected.timeline, "the timeline differs from the log's referral events");
 
-            // History: counts, reasons and deals as the events say.
-            let t = table(history::NAME, "history_stats")?;
-            for kind in ["all", "region", "size_band"] {
-                let sums: [i64; 6] = tx.query_row(
-                    &format!(
-                        "SELECT TOTAL(received), TOTAL(accepted), TOTAL(declined), TOTAL(expired), TOTAL(won),
+        // History: counts, reasons and deals as the events say.
+        let (tx, t) = table(history::NAME, "history_stats")?;
+        for kind in ["all", "region", "size_band"] {
+            let sums: [i64; 6] = tx.query_row(
+                &format!(
+                    "SELECT TOTAL(received), TOTAL(accepted), TOTAL(declined), TOTAL(expired), TOTAL(won),
                                 TOTAL(lost) FROM {t} WHERE kind = ?1"
-                    ),
-                    [kind],
-                    |r| {
-                        Ok([r.get::<_, f64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]
-                            .map(|x| x as i64))
-                    },
-                )?;
-                let e = expected;
-                assert_eq!(
-                    sums,
-                    [e.received, e.accepted, e.declined, e.expired, e.won, e.lost],
-                    "history counts (received, accepted, declined, expired, won, lost) of kind {kind:?}"
-                );
-            }
-            let t = table(history::NAME, "history_referrals")?;
-            let tracked: i64 = tx.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))?;
-            assert_eq!(tracked, expected.received, "history_referrals rows");
-            let t = table(history::NAME, "history_reasons")?;
-            for (outcome, count) in [("declined", expected.declined), ("lost", expected.lost)] {
-                let n: i64 = tx.query_row(
-                    &format!("SELECT COALESCE(SUM(count), 0) FROM {t} WHERE outcome = ?1"),
-                    [outcome],
-                    |r| r.get(0),
-                )?;
-                assert_eq!(n, count, "{outcome} reasons");
-            }
-            let t = table(history::NAME, "history_deals")?;
-            let (deals, units): (i64, i64) =
-                tx.query_row(&format!("SELECT COUNT(*), COALESCE(SUM(minor_units), 0) FROM {t}"), [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                ),
+                [kind],
+                |r| Ok([r.get::<_, f64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?].map(|x| x as i64)),
+            )?;
+            let e = expected;
+            assert_eq!(
+                sums,
+                [e.received, e.accepted, e.declined, e.expired, e.won, e.lost],
+                "history counts (received, accepted, declined, expired, won, lost) of kind {kind:?}"
+            );
+        }
+        let t = table(history::NAME, "history_referrals")?.1;
+        let tracked: i64 = tx.query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))?;
+        assert_eq!(tracked, expected.received, "history_referrals rows");
+        let t = table(history::NAME, "history_reasons")?.1;
+        for (outcome, count) in [("declined", expected.declined), ("lost", expected.lost)] {
+            let n: i64 =
+                tx.query_row(&format!("SELECT COALESCE(SUM(count), 0) FROM {t} WHERE outcome = ?1"), [outcome], |r| {
+                    r.get(0)
                 })?;
-            assert_eq!((deals, units), (expected.won, expected.won_minor_units), "won deals and their values");
+            assert_eq!(n, count, "{outcome} reasons");
+        }
+        let t = table(history::NAME, "history_deals")?.1;
+        let (deals, units): (i64, i64) =
+            tx.query_row(&format!("SELECT COUNT(*), COALESCE(SUM(minor_units), 0) FROM {t}"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        assert_eq!((deals, units), (expected.won, expected.won_minor_units), "won deals and their values");
 
-            // Deadlines: exactly the referrals still New.
-            let t = table(deadlines::NAME, "deadlines")?;
-            let mut stmt = tx.prepare(&format!("SELECT referral FROM {t}"))?;
-            let due: BTreeSet<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            let new: BTreeSet<String> = expected
-                .referrals
-                .iter()
-                .filter(|(_, (r, _, _))| r.status == Status::New)
-                .map(|(id, _)| id.clone())
-                .collect();
-            assert!(due == new, "deadlines: {} rows, {} referrals still New", due.len(), new.len());
-            Ok(())
-        })
-        .expect("read the views");
+        // Deadlines: exactly the referrals still New.
+        let (tx, t) = table(deadlines::NAME, "deadlines")?;
+        let mut stmt = tx.prepare(&format!("SELECT referral FROM {t}"))?;
+        let due: BTreeSet<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let new: BTreeSet<String> = expected
+            .referrals
+            .iter()
+            .filter(|(_, (r, _, _))| r.status == Status::New)
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert!(due == new, "deadlines: {} rows, {} referrals still New", due.len(), new.len());
+        Ok(())
+    })()
+    .expect("read the views");
 }
 
 /// Every projection's active version has applied each projected event once.
@@ -473,7 +469,7 @@ fn views_survive_sigkill_and_equal_a_rebuild() {
     runtime.block_on(async {
         let store: Arc<dyn EventStore> =
             Arc::new(SqliteEventStore::open(&dir.path().join("events.db")).expect("reopen the store"));
-        let views = ViewDb::open(&dir.path().join("views.db")).expect("reopen the views");
+        let views = ViewDb::open(&dir.path().join("views")).expect("reopen the views");
         let projector = Projector::open(store.clone(), views.clone(), all_projections(), RunnerOptions::default())
             .await
             .expect("projector");

@@ -315,7 +315,7 @@ fn small_batches() -> RunnerOptions {
 }
 
 async fn open_projector(store: Arc<dyn EventStore>, dir: &Path, options: RunnerOptions) -> Projector {
-    let db = ViewDb::open(&dir.join("views.db")).expect("open views");
+    let db = ViewDb::open(&dir.join("views")).expect("open views");
     Projector::open(store, db, all_projections(), options).await.expect("open projector")
 }
 
@@ -370,10 +370,16 @@ fn index_names(db: &ViewDb) -> Vec<String> {
     schema_names(db, "index").into_iter().filter(|n| !n.starts_with("sqlite_autoindex")).collect()
 }
 
+/// The names of the tables or indexes in every projection's file, once each.
 fn schema_names(db: &ViewDb, kind: &str) -> Vec<String> {
-    let conn = db.connect().unwrap();
-    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = ?1 ORDER BY name").unwrap();
-    let names = stmt.query_map([kind], |r| r.get::<_, String>(0)).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let mut names = Vec::new();
+    for p in all_projections() {
+        let conn = db.connect(p.name()).unwrap();
+        let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = ?1").unwrap();
+        names.extend(stmt.query_map([kind], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap));
+    }
+    names.sort();
+    names.dedup();
     names
 }
 
@@ -493,8 +499,12 @@ async fn a_restart_resumes_from_the_checkpoint_and_counts_nothing_twice() {
         assert_eq!(applied(versions(&projector, name).await), vec![events.len() as u64], "{name}");
     }
     let referral_events = events.iter().filter(|e| e.stream.as_str().starts_with("referral-")).count();
-    let timeline_rows: i64 =
-        projector.db().connect().unwrap().query_row("SELECT COUNT(*) FROM timeline_v1", [], |r| r.get(0)).unwrap();
+    let timeline_rows: i64 = projector
+        .db()
+        .connect("timeline")
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM timeline_v1", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(timeline_rows as usize, referral_events);
     projector.shutdown().await;
 
@@ -546,9 +556,10 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
     // Damage the current versions by hand, so that it shows which version answers.
     let missing = written.ours[600];
     {
-        let conn = projector.db().connect().unwrap();
-        conn.execute("UPDATE history_stats_v1 SET received = received + 1000 WHERE kind = 'all'", []).unwrap();
-        conn.execute("DELETE FROM referrals_v1 WHERE referral = ?1", [missing.to_string()]).unwrap();
+        let history = projector.db().connect("history").unwrap();
+        history.execute("UPDATE history_stats_v1 SET received = received + 1000 WHERE kind = 'all'", []).unwrap();
+        let referrals = projector.db().connect("referrals").unwrap();
+        referrals.execute("DELETE FROM referrals_v1 WHERE referral = ?1", [missing.to_string()]).unwrap();
     }
     let damaged = views.history(A.into(), None).await.unwrap().counts;
     assert_eq!((damaged.received, damaged.accepted, damaged.declined), (2_200, 300, 200));
@@ -568,6 +579,15 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
     );
     assert!(matches!(projector.rebuild("inbox").await, Err(ViewError::UnknownProjection { .. })));
     assert!(matches!(projector.retry("inbox").await, Err(ViewError::UnknownProjection { .. })));
+    // Rebuilding several at once is refused as a whole when one of them is
+    // already rebuilding: those before it and after it start nothing either.
+    assert_eq!(
+        projector.rebuild_together(&["timeline", "referrals", "deadlines"]).await,
+        Err(ViewError::RebuildInProgress { name: "referrals".into(), version: 2 })
+    );
+    for name in ["timeline", "deadlines"] {
+        assert_eq!(versions(&projector, name).await.len(), 1, "{name}");
+    }
 
     // The new versions stop at the gate, part of the way through the log.
     let held = projected_log(&store).await[HELD_AT - 1].position;
@@ -586,7 +606,7 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
         assert_eq!((new.version, new.active, new.state), (2, false, RunState::Rebuilding), "{name}");
         assert_eq!(new.checkpoint, Some(held), "{name}");
         assert!(new.lag_events > 0 && new.progress < 1.0, "{name}: {new:?}");
-        let conn = projector.db().connect().unwrap();
+        let conn = projector.db().connect(name).unwrap();
         assert_eq!(db::active_version(&conn, name).unwrap(), Some(1), "{name}");
     }
     // Meanwhile queries answer from the old versions, which stay live.
@@ -619,7 +639,7 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
         assert!(v[0].active, "{name}: {v:?}");
         assert_eq!(v[0].checkpoint, Some(accepted_late), "{name}");
         assert_eq!(v[0].events_applied, total + 1, "{name}");
-        let conn = projector.db().connect().unwrap();
+        let conn = projector.db().connect(name).unwrap();
         assert_eq!(db::active_version(&conn, name).unwrap(), Some(2));
         assert_eq!(db::versions(&conn, name).unwrap().len(), 1);
     }
@@ -675,9 +695,9 @@ async fn a_rebuild_is_blue_green_the_old_version_answers_until_the_new_one_has_c
 /// Every table of every projection's active version, row by row, under
 /// its base name.
 fn active_tables(db: &ViewDb) -> Vec<(String, Vec<String>)> {
-    let conn = db.connect().unwrap();
     let mut out = Vec::new();
     for p in all_projections() {
+        let conn = db.connect(p.name()).unwrap();
         let version = Version(db::active_version(&conn, p.name()).unwrap().expect("an active version"));
         for base in p.tables() {
             let table = version.table(base);
@@ -751,6 +771,45 @@ async fn projections_rebuilt_together_read_the_log_once_and_equal_the_versions_t
         assert_eq!(projector.checkpoint(name), Some(accepted), "{name}");
     }
     assert_eq!(counting.subscriptions(), 2, "the four rebuilds read the log through one subscription");
+    projector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_projection_keeps_its_tables_checkpoint_and_registry_in_a_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h, written, _) = busy_store(dir.path()).await;
+    let projector = start_projector(store, dir.path(), small_batches()).await;
+    let accepted = accept(&h, A, written.ours[600]).await;
+    caught_up(&projector, accepted).await;
+    let mut files: Vec<String> = std::fs::read_dir(projector.db().dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".db"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["deadlines.db", "history.db", "referrals.db", "timeline.db"]);
+    for p in all_projections() {
+        let conn = rusqlite::Connection::open(projector.db().path_of(p.name())).unwrap();
+        let registered: Vec<(String, u32, Option<i64>)> = conn
+            .prepare("SELECT name, version, checkpoint_commit FROM projection_versions")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(registered, [(p.name().to_string(), 1, Some(accepted.commit as i64))], "{}", p.name());
+        let mut tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%\\_v1' ESCAPE '\\'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        tables.sort();
+        let mut own: Vec<String> = p.tables().iter().map(|t| Version(1).table(t)).collect();
+        own.sort();
+        assert_eq!(tables, own, "{}", p.name());
+    }
     projector.shutdown().await;
 }
 
@@ -1122,7 +1181,7 @@ fn timeline_at_schema(schema: u32) -> Vec<Arc<dyn Projection>> {
 }
 
 async fn projector_with(store: Arc<dyn EventStore>, dir: &Path, projections: Vec<Arc<dyn Projection>>) -> Projector {
-    let db = ViewDb::open(&dir.join("views.db")).expect("open views");
+    let db = ViewDb::open(&dir.join("views")).expect("open views");
     Projector::open(store, db, projections, small_batches()).await.expect("open projector")
 }
 

@@ -362,7 +362,7 @@ pub async fn bench_lag(dir: &Path, rate: f64, duration: Duration) -> Result<Benc
     let store: Arc<dyn EventStore> =
         Arc::new(SqliteEventStore::open(&dir.join(crate::server::EVENTS_DB)).map_err(setup)?);
     let handler = CommandHandler::new(store.clone(), Arc::new(SystemClock));
-    let db = ViewDb::open(&dir.join("lag-views.db")).map_err(setup)?;
+    let db = ViewDb::open(&dir.join("lag-views")).map_err(setup)?;
     let projector =
         Projector::open(store.clone(), db, all_projections(), RunnerOptions::default()).await.map_err(setup)?;
     projector.start().await.map_err(setup)?;

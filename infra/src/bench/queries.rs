@@ -35,7 +35,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use referral_domain::eventlog::{EventStore, Position};
 use referral_projections::projection::Version;
-use referral_projections::referrals::{List, ListFilter, Order, ReferralsProjection};
+use referral_projections::referrals::{self, List, ListFilter, Order, ReferralsProjection};
 use referral_projections::{db, runner, ProjectedEvent, Projector, RunnerOptions, ViewDb, Views};
 use rusqlite::OptionalExtension;
 
@@ -183,7 +183,7 @@ fn statement(table: &str, region: bool, after: bool, order: Order) -> String {
 
 /// A baseline client: the same walk, plain SQL, for `duration`.
 fn baseline_client(db: ViewDb, table: String, mut walk: Walk, duration: Duration) -> Result<(Vec<u64>, u64), String> {
-    let conn = db.connect().map_err(|e| e.to_string())?;
+    let conn = db.connect(referrals::NAME).map_err(|e| e.to_string())?;
     let mut latencies = Vec::with_capacity(16_384);
     let mut filter = ListFilter::default();
     let mut cursor: Option<(i64, String)> = None;
@@ -291,7 +291,7 @@ pub async fn bench_queries(dir: &Path, referrals: u64, duration: Duration) -> Re
     if referrals == 0 {
         return Err(setup("--referrals must be at least 1"));
     }
-    let path = dir.join("queries-views.db");
+    let path = dir.join("queries-views");
     let db = ViewDb::open(&path).map_err(setup)?;
     let store: Arc<dyn EventStore> = Arc::new(InMemoryEventStore::new());
     let projector = Projector::open(store, db.clone(), vec![Arc::new(ReferralsProjection)], RunnerOptions::default())
@@ -304,8 +304,8 @@ pub async fn bench_queries(dir: &Path, referrals: u64, duration: Duration) -> Re
     let partners = Arc::new(partners);
     let reader = db.clone();
     let (table, lists, largest) = tokio::task::spawn_blocking(move || {
-        reader.read(|tx| {
-            let version = db::active_version(tx, "referrals")?.unwrap_or(1);
+        reader.read(referrals::NAME, |tx| {
+            let version = db::active_version(tx, referrals::NAME)?.unwrap_or(1);
             let table = Version(version).table("referrals");
             let mut lists = Vec::new();
             let mut stmt = tx.prepare(&format!("SELECT list, COUNT(*) FROM {table} GROUP BY list ORDER BY list"))?;
@@ -397,6 +397,6 @@ pub async fn bench_queries(dir: &Path, referrals: u64, duration: Duration) -> Re
     report.notes = notes;
     drop(views);
     drop(db);
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&path);
     Ok(report)
 }

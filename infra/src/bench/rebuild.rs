@@ -275,13 +275,13 @@ async fn rebuild(
     head: Position,
     options: RunnerOptions,
 ) -> Result<Rebuilt, BenchError> {
-    remove_db(path);
+    let _ = std::fs::remove_dir_all(path);
     let db = ViewDb::open(path).map_err(setup)?;
     let projector = Projector::open(store, db, projections, options).await.map_err(setup)?;
     let outcome = run_rebuild(&projector, head).await;
     projector.shutdown().await;
     drop(projector);
-    remove_db(path);
+    let _ = std::fs::remove_dir_all(path);
     outcome
 }
 
@@ -368,7 +368,7 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut engine_peak: f64 = 0.0;
-    let views_path = dir.join("rebuild-views.db");
+    let views_path = dir.join("rebuild-views");
     for &size in &sizes {
         // Each size gets its own log, generated from the same seed (the
         // smaller one is the beginning of the larger one).

@@ -146,7 +146,7 @@ struct RebuildPhaseArgs {
     /// The event store holding the generated log.
     #[arg(long)]
     store: PathBuf,
-    /// Where to build the views (replaced).
+    /// The directory to build the views in (replaced).
     #[arg(long)]
     views: PathBuf,
     /// `baseline`, `all`, or one projection's name.

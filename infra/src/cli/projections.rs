@@ -143,7 +143,7 @@ impl Backend {
             ),
             e => e.to_string(),
         })?;
-        let views = ViewDb::open(&dir.join(server::VIEWS_DB)).map_err(|e| e.to_string())?;
+        let views = ViewDb::open(&dir.join(server::VIEWS_DIR)).map_err(|e| e.to_string())?;
         let projector =
             Projector::open(store.clone(), views, referral_projections::all_projections(), RunnerOptions::default())
                 .await

@@ -303,14 +303,28 @@ pub fn register_version(conn: &Connection, projection: &dyn Projection, version:
 /// `events` applied to each in one batch.
 pub fn build_views(path: &Path, events: &[Arc<ProjectedEvent>]) -> ViewDb {
     let db = ViewDb::open(path).expect("open views");
-    let conn = db.connect().expect("connect");
     for p in referral_projections::all_projections() {
+        let conn = db.connect(p.name()).expect("connect");
         register_version(&conn, p.as_ref(), 1, true);
         if !events.is_empty() {
             runner::commit(&db, p.as_ref(), Version(1), events).expect("commit");
         }
     }
     db
+}
+
+/// One connection that sees every projection's tables: an in-memory main
+/// database with each projection's file attached under the projection's
+/// name. Table names are unique across projections, so unqualified names
+/// find their file; the registries must be read through `db.connect(name)`.
+pub fn all_views(db: &ViewDb) -> Connection {
+    let conn = Connection::open_in_memory().expect("open");
+    for p in referral_projections::all_projections() {
+        db.file(p.name()).expect("open the projection's file");
+        let path = db.path_of(p.name());
+        conn.execute("ATTACH DATABASE ?1 AS ?2", rusqlite::params![path.to_string_lossy(), p.name()]).expect("attach");
+    }
+    conn
 }
 
 /// Every row of `table`, ordered by all its columns.

@@ -3,7 +3,7 @@
 //!
 //! Usage: `projecting-engine <data directory> <run> <seed> <batch size> [<projection to rebuild>]`
 //!
-//! It opens the event store (`events.db`) and the views (`views.db`) in the
+//! It opens the event store (`events.db`) and the views (`views/`) in the
 //! data directory, prints the checkpoint each projection resumes from, starts
 //! the projections (and, if asked, a rebuild of one of them), registers the
 //! partners' profiles (with fixed request ids, so a later run replays them),
@@ -276,7 +276,7 @@ async fn main() -> ExitCode {
         Ok(store) => Arc::new(store),
         Err(e) => fail(format!("cannot open the event store: {e}")),
     };
-    let db = ViewDb::open(&dir.join("views.db")).unwrap_or_else(|e| fail(format!("cannot open the views: {e}")));
+    let db = ViewDb::open(&dir.join("views")).unwrap_or_else(|e| fail(format!("cannot open the views: {e}")));
     let options = RunnerOptions { batch_size, rebuild_batch_size: batch_size, ..RunnerOptions::default() };
     let projector = Projector::open(store.clone(), db.clone(), all_projections(), options)
         .await
