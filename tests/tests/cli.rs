@@ -783,3 +783,50 @@ async fn bench_rebuild_measures_each_phase_in_its_own_process() {
     .failed();
     assert!(failed.stderr.contains("error:"), "{}", failed.describe());
 }
+
+/// A data directory from a build that kept every view in one `views.db`:
+/// `serve` says that file is no longer read, builds the views in `views/`,
+/// and leaves the old file alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_says_the_single_file_views_of_earlier_builds_are_not_read() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let old = data.path().join("views.db");
+    std::fs::write(&old, b"views of an earlier build").unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["serve", "--data-dir", path(data.path()), "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(RUN_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("views.db") {
+                return line;
+            }
+        }
+        panic!("serve ended without mentioning views.db");
+    })
+    .await
+    .expect("serve mentions views.db in time");
+    assert!(warning.contains("is not read and can be deleted") && warning.contains("WARN"), "{warning}");
+    let views = data.path().join("views");
+    let mut files: Vec<String> = Vec::new();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while files.len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        files = std::fs::read_dir(&views)
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        files.retain(|f| f.ends_with(".db"));
+        files.sort();
+    }
+    assert_eq!(files, ["deadlines.db", "history.db", "referrals.db", "timeline.db"]);
+    child.kill().await.unwrap();
+    assert_eq!(std::fs::read(&old).unwrap(), b"views of an earlier build");
+}
