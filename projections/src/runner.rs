@@ -21,8 +21,8 @@
 //! resumes with a feeder of its own.
 //!
 //! * Live, every batch is committed at once. Catching up (or rebuilding),
-//!   the applier commits once a second, so a row that several events
-//!   change is written once. Each projection has a file of its own with one
+//!   the applier commits once a second (or every 24,576 events, if
+//!   sooner), so a row that several events change is written once. Each projection has a file of its own with one
 //!   writer connection, so different projections commit side by side; only
 //!   the versions of one projection (a live one and its rebuild) take turns.
 //! * The applier skips anything at or before its checkpoint, so a
@@ -829,6 +829,12 @@ const BATCH_FILL_TIME: Duration = Duration::from_millis(200);
 /// 2 s (291 MB).
 const CATCH_UP_COMMIT_TIME: Duration = Duration::from_secs(1);
 
+/// The most events a catching-up applier holds before it commits, whatever
+/// the time: what it holds is in memory, and a fast projection applies many
+/// events in a second. Rebuilding all four over 1,000,000 events without it
+/// took 83.6 s at 288-295 MB peak; with 24,576, 92.0 s at 242 MB.
+const CATCH_UP_COMMIT_EVENTS: u64 = 24_576;
+
 /// Moves `first`, and what follows it in the channel, into `batch` until it
 /// holds `limit` events; while catching up it waits until `fill_until` for
 /// more. Returns the item that stops the projection, if one came.
@@ -998,9 +1004,13 @@ fn apply_loop(
                 h.applied += fresh.len() as u64;
             }
         }
-        let due = held
-            .as_ref()
-            .is_some_and(|h| caught_up || stop.is_some() || closed || h.since.elapsed() >= CATCH_UP_COMMIT_TIME);
+        let due = held.as_ref().is_some_and(|h| {
+            caught_up
+                || stop.is_some()
+                || closed
+                || h.since.elapsed() >= CATCH_UP_COMMIT_TIME
+                || h.applied >= CATCH_UP_COMMIT_EVENTS
+        });
         if let Some(h) = held.take_if(|_| due) {
             match flush_and_commit(&shared.db, name, version, applier.as_mut(), committed, &h) {
                 Ok(()) => {
