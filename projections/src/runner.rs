@@ -21,11 +21,11 @@
 //! resumes with a feeder of its own.
 //!
 //! * Live, every batch is committed at once. Catching up (or rebuilding),
-//!   the applier commits once a second (or every 24,576 events, if
-//!   sooner), so a row that several events change is written once. Each
-//!   projection has a file of its own with one writer connection, so
-//!   different projections commit side by side; only the versions of one
-//!   projection (a live one and its rebuild) take turns.
+//!   the applier commits once a second (or sooner, once it holds its share
+//!   of 98,304 events), so a row that several events change is written
+//!   once. Each projection has a file of its own with one writer
+//!   connection, so different projections commit side by side; only the
+//!   versions of one projection (a live one and its rebuild) take turns.
 //! * The applier skips anything at or before its checkpoint, so a
 //!   redelivered event changes nothing.
 //! * An event a projection cannot apply stops that projection; the event's
@@ -631,6 +631,14 @@ impl Shared {
         });
     }
 
+    /// Each catching-up applier's share of [`CATCH_UP_HELD_EVENTS`].
+    fn held_events_each(&self) -> u64 {
+        let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        let catching_up =
+            runtime.values().filter(|r| matches!(r.state, RunState::CatchingUp | RunState::Rebuilding)).count();
+        CATCH_UP_HELD_EVENTS / catching_up.max(1) as u64
+    }
+
     fn count(&self, name: &'static str, version: Version, applied: u64) {
         if let Some(r) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&(name, version.0)) {
             r.applied += applied;
@@ -832,13 +840,14 @@ const BATCH_FILL_TIME: Duration = Duration::from_millis(200);
 /// 2 s (291 MB).
 const CATCH_UP_COMMIT_TIME: Duration = Duration::from_secs(1);
 
-/// The most events a catching-up applier holds before it commits, whatever
-/// the time: what it holds is in memory, and a fast projection applies many
-/// events in a second. Rebuilding all four over 1,000,000 events took 83.6 s
-/// at 288-295 MB peak without it, 83.6 s at 309 MB with 49,152, and 92.0 s
-/// at 242 MB with 24,576; it costs most when one projection rebuilds alone
-/// (referrals over 1,000,000 events: 47 s uncapped, 70 s with 24,576).
-const CATCH_UP_COMMIT_EVENTS: u64 = 24_576;
+/// The most events the catching-up appliers of this process hold, shared
+/// equally among them: one commits once it holds its share, whatever the
+/// time, since what it holds is in memory. Rebuilding all four over
+/// 1,000,000 events took 83.6 s at 288-295 MB peak with no limit, 83.6 s at
+/// 309 MB with 49,152 each, and 92.0 s at 242 MB with 24,576 each; a
+/// projection rebuilt alone gets the whole budget (referrals over 1,000,000
+/// events took 70 s with 24,576, 47 s with no limit).
+const CATCH_UP_HELD_EVENTS: u64 = 98_304;
 
 /// Moves `first`, and what follows it in the channel, into `batch` until it
 /// holds `limit` events; while catching up it waits until `fill_until` for
@@ -1014,7 +1023,7 @@ fn apply_loop(
                 || stop.is_some()
                 || closed
                 || h.since.elapsed() >= CATCH_UP_COMMIT_TIME
-                || h.applied >= CATCH_UP_COMMIT_EVENTS
+                || h.applied >= shared.held_events_each()
         });
         if let Some(h) = held.take_if(|_| due) {
             match flush_and_commit(&shared.db, name, version, applier.as_mut(), committed, &h) {
