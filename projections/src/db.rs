@@ -223,20 +223,6 @@ impl ViewFile {
         Ok(conn)
     }
 
-    fn lock_writer(&self) -> rusqlite::Result<MutexGuard<'_, Option<Connection>>> {
-        let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if writer.is_none() {
-            let conn = self.open_connection(WRITER_CACHE_KIB)?;
-            // Building a rebuilt version's indexes sorts every row of its
-            // tables: in temporary files, not in memory, so that the memory a
-            // rebuild takes does not grow with the log.
-            conn.pragma_update(None, "temp_store", "FILE")?;
-            conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
-            *writer = Some(conn);
-        }
-        Ok(writer)
-    }
-
     /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`), committing when
     /// it returns `Ok`. Blocking; call from a blocking thread.
     pub fn write<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
@@ -254,8 +240,17 @@ impl ViewFile {
     /// writers of the file wait for it, so hold it only while there is work
     /// to do.
     pub fn begin(&self) -> rusqlite::Result<OpenWrite<'_>> {
-        let writer = self.lock_writer()?;
-        let conn = writer.as_ref().expect("opened by lock_writer");
+        let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if writer.is_none() {
+            let conn = self.open_connection(WRITER_CACHE_KIB)?;
+            // Building a rebuilt version's indexes sorts every row of its
+            // tables: in temporary files, not in memory, so that the memory a
+            // rebuild takes does not grow with the log.
+            conn.pragma_update(None, "temp_store", "FILE")?;
+            conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+            *writer = Some(conn);
+        }
+        let conn = writer.as_ref().expect("opened above");
         conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(OpenWrite { writer, done: false })
     }
