@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 pub use db::ViewDb;
 pub use projection::{Applier, ProjectedEvent, Projection, Version};
-pub use runner::{ProjectionStatus, Projector, RunState, RunnerOptions, VersionStatus};
+pub use runner::{Halt, ProjectionStatus, Projector, RunState, RunnerOptions, VersionStatus};
 pub use views::Views;
 
 /// Every projection the engine runs.

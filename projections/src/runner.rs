@@ -100,6 +100,16 @@ pub enum RunState {
     Outdated,
 }
 
+/// Why an active version does not move on by itself (see [`Projector::halted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    /// Stopped on the event at `at`; resumes there when retried.
+    Failed { checkpoint: Option<Position>, at: Position, error: String },
+    /// Built with schema `schema`, not this build's `current`: frozen at its
+    /// checkpoint while the version replacing it is built.
+    Outdated { checkpoint: Option<Position>, schema: u32, current: u32 },
+}
+
 impl RunState {
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -487,6 +497,29 @@ impl Projector {
             notify.notify_waiters();
         }
         Ok(cleared)
+    }
+
+    /// Why the active version of `name` will not move on by itself, if it
+    /// will not: it stopped on an event, or it was built with another schema
+    /// and answers as of its checkpoint until its replacement is swapped in.
+    /// Read-your-writes waits ask this first rather than wait in vain.
+    pub async fn halted(&self, name: &str) -> Result<Option<Halt>, ViewError> {
+        let projection = self.projection(name)?;
+        let db = self.shared.db.clone();
+        let active = blocking(move || {
+            db.read(projection.name(), |tx| Ok(db::versions(tx, projection.name())?))
+                .map(|versions| versions.into_iter().find(|v| v.active))
+        })
+        .await?;
+        let Some(active) = active else { return Ok(None) };
+        let schema = self.projection(name)?.schema();
+        Ok(match active.failure {
+            Some((at, error)) => Some(Halt::Failed { checkpoint: active.checkpoint, at, error }),
+            None if active.schema != schema => {
+                Some(Halt::Outdated { checkpoint: active.checkpoint, schema: active.schema, current: schema })
+            }
+            None => None,
+        })
     }
 
     /// Waits until the active version of `name` has applied the event at

@@ -101,7 +101,12 @@ impl TestServer {
 
     /// A server keeping its events in `backend`.
     pub async fn start_on(backend: EventBackend) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temporary directory");
+        TestServer::start_in(backend, tempfile::tempdir().expect("temporary directory")).await
+    }
+
+    /// A server on `data_dir`, which may hold what an earlier one left
+    /// (see [`TestServer::stop_keeping_data`]).
+    pub async fn start_in(backend: EventBackend, data_dir: tempfile::TempDir) -> TestServer {
         let clock = Arc::new(ManualClock::new(test_epoch()));
         let (store, node) = match backend {
             EventBackend::Embedded => (server::open_embedded_store(data_dir.path()).expect("open store"), None),

@@ -31,8 +31,8 @@ use referral_projections::history::HistoryProjection;
 use referral_projections::referrals::{List, ListFilter, ReferralsProjection};
 use referral_projections::runner::projected_streams;
 use referral_projections::{
-    all_projections, db, Projection, Projector, RunState, RunnerOptions, Version, VersionStatus, ViewDb, ViewError,
-    Views,
+    all_projections, db, Halt, Projection, Projector, RunState, RunnerOptions, Version, VersionStatus, ViewDb,
+    ViewError, Views,
 };
 use referral_tests::test_epoch;
 use tokio::sync::watch;
@@ -974,9 +974,16 @@ async fn an_event_one_projection_cannot_apply_stops_only_that_projection() {
         assert_eq!((at, v.state, v.checkpoint), (ghost_at, RunState::Failed, Some(before)), "{name}");
         assert!(message.contains(&format!("referral-{ghost}")), "{name} names the stream: {message}");
         assert!(message.contains("no ReferralReceived before it"), "{name}: {message}");
+        // So a read-your-writes wait need not wait in vain.
+        assert_eq!(
+            projector.halted(name).await,
+            Ok(Some(Halt::Failed { checkpoint: Some(before), at: ghost_at, error: message })),
+            "{name}"
+        );
     }
     for name in ["timeline", "deadlines"] {
         projector.wait_for(name, last, PATIENCE).await.expect("unaffected projections carry on");
+        assert_eq!(projector.halted(name).await, Ok(None), "{name}");
         let v = versions(&projector, name).await;
         assert_eq!((v[0].failure.as_ref(), v[0].checkpoint), (None, Some(last)), "{name}");
     }
@@ -1228,6 +1235,11 @@ async fn a_projection_whose_schema_changed_is_rebuilt_at_start_while_the_old_ver
     assert_eq!((v[1].version, v[1].active, v[1].schema, v[1].state), (2, false, s + 1, RunState::Rebuilding));
     // The outdated version applies nothing more; it answers as of its checkpoint.
     assert_eq!(projector.checkpoint("timeline"), Some(later));
+    assert_eq!(
+        projector.halted("timeline").await,
+        Ok(Some(Halt::Outdated { checkpoint: Some(later), schema: s, current: s + 1 }))
+    );
+    assert_eq!(projector.halted("referrals").await, Ok(None));
     let views = Views::new(projector.db().clone());
     let during = views.timeline(written.ours[60].to_string(), 50, String::new()).await.unwrap();
     assert_eq!(during.rows.len(), before.rows.len() + 1, "the old version, with the accept made before it stopped");

@@ -6,6 +6,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Duration;
 use referral_commands::Role;
+use referral_domain::eventlog::{EventData, ExpectedRevision, StreamName};
 use referral_infra::grpc::auth::{AdminClient, QueriesClient};
 use referral_infra::grpc::pb;
 use referral_tests::{accept_request, date, money, profile_request, rfi_request, Client, EventBackend, TestServer};
@@ -324,6 +325,51 @@ async fn a_query_waits_for_its_minimum_position_and_says_so_when_it_is_not_reach
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("has not reached position"), "{}", refused.message());
     assert!(started.elapsed() < StdDuration::from_secs(30));
+}
+
+/// A view stopped on an event it could not apply will not reach a later
+/// position until an operator retries it: a query that asks for one is told
+/// so at once instead of waiting in vain, and answers without the minimum.
+#[tokio::test]
+async fn a_query_for_a_position_a_stopped_view_cannot_reach_is_refused_at_once() {
+    let w = World::start(EventBackend::Embedded).await;
+    let (a_id, _, at) = w.submit("rfi-views-stopped").await;
+    let a_token = w.server.token(Role::Partner, Some(A));
+    let data_dir = w.server.stop_keeping_data().await;
+
+    // An event no projection can decode, written behind the server's back.
+    let store = referral_infra::server::open_embedded_store(data_dir.path()).expect("open the store");
+    let stream = StreamName::new(format!("referral-{}", uuid::Uuid::new_v4())).expect("stream name");
+    let broken = EventData {
+        id: uuid::Uuid::new_v4(),
+        event_type: "ReferralAccepted".into(),
+        data: br#"{"referral": 42}"#.to_vec(),
+        metadata: b"{}".to_vec(),
+    };
+    let broken_at = store.append(&stream, ExpectedRevision::NoStream, vec![broken]).await.expect("append").position;
+    drop(store);
+
+    let server = TestServer::start_in(EventBackend::Embedded, data_dir).await;
+    let views = server.queries(&a_token).await;
+    let beyond = pb::LogPosition { commit: broken_at.commit, prepare: broken_at.prepare };
+    // Asked while the projections may still be on their way to the event:
+    // the wait ends when they stop on it, not when the 5 s run out.
+    let started = Instant::now();
+    let refused = views.clone().list_inbox(list(Some(beyond))).await.expect_err("a stopped view");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(started.elapsed() < StdDuration::from_secs(4), "refused once stopped: {:?}", started.elapsed());
+    let message = refused.message();
+    assert!(message.contains(&format!("stopped at position {broken_at}")), "{message}");
+    assert!(message.contains("projections retry referrals"), "{message}");
+    let asked = Instant::now();
+    let again = views.clone().list_inbox(list(Some(beyond))).await.expect_err("still stopped");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert!(asked.elapsed() < StdDuration::from_secs(2), "refused without waiting for it: {:?}", asked.elapsed());
+
+    // Without the minimum, or with one it has reached, it answers.
+    assert_eq!(ids(&views.clone().list_inbox(list(Some(at))).await.expect("reached").into_inner()), vec![a_id.clone()]);
+    assert_eq!(ids(&views.clone().list_inbox(list(None)).await.expect("as it is").into_inner()), vec![a_id]);
+    server.stop().await;
 }
 
 async fn operators_see_projections_and_rebuild_them_while_queries_answer(backend: EventBackend) {

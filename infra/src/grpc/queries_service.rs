@@ -15,7 +15,7 @@ use referral_domain::referral::Status as ReferralStatus;
 use referral_domain::values::{Currency, Money, ReasonCode};
 use referral_projections::history::{Counts, PartnerHistory, ReasonCount};
 use referral_projections::referrals::{List, ListFilter, Order, Page, ReferralRow};
-use referral_projections::{history, referrals, timeline, Projector, ViewError, Views};
+use referral_projections::{history, referrals, timeline, Halt, Projector, ViewError, Views};
 use tonic::{Request, Response, Status};
 
 use super::auth::{caller, require_role};
@@ -28,6 +28,8 @@ const QUERY_ROLES: &[Role] = &[Role::Partner, Role::Intake, Role::Operator, Role
 
 /// The longest a query waits for a view to reach its `min_position`.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting query checks that its view has not stopped.
+const WAIT_SLICE: Duration = Duration::from_millis(250);
 
 pub struct QueriesService {
     views: Views,
@@ -44,13 +46,48 @@ impl QueriesService {
     async fn wait(&self, projection: &str, min: Option<&pb::LogPosition>) -> Result<(), Status> {
         let Some(min) = min else { return Ok(()) };
         let min = Position { commit: min.commit, prepare: min.prepare };
-        self.projector.wait_for(projection, min, MAX_WAIT).await.map_err(|at| {
-            let at = at.map(|p| p.to_string()).unwrap_or_else(|| "the start".into());
-            Status::unavailable(format!(
-                "the {projection} view has not reached position {min} within {} s (it is at {at}); try again",
-                MAX_WAIT.as_secs()
-            ))
-        })
+        if self.projector.checkpoint(projection).is_some_and(|at| at.commit >= min.commit) {
+            return Ok(());
+        }
+        // Behind: a view that will not move on by itself is said so at once,
+        // and one that stops while the query waits, within a slice.
+        let as_of =
+            |checkpoint: Option<Position>| checkpoint.map(|p| p.to_string()).unwrap_or_else(|| "the start".into());
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        loop {
+            match self.projector.halted(projection).await.map_err(view_status)? {
+                Some(Halt::Failed { checkpoint, at, error }) => {
+                    return Err(Status::failed_precondition(format!(
+                        "the {projection} view cannot reach position {min}: it stopped at position {at} on an event \
+                         it could not apply ({error}) and answers as of position {} until an operator retries it \
+                         (`referral-engine projections retry {projection}`); query without min_position to read it \
+                         as it is",
+                        as_of(checkpoint)
+                    )))
+                }
+                Some(Halt::Outdated { checkpoint, .. }) => {
+                    return Err(Status::unavailable(format!(
+                        "the {projection} view is being rebuilt for this build's schema and answers as of position \
+                         {} until the rebuild is swapped in, so it cannot reach position {min} yet; try again later, \
+                         or query without min_position to read it as it is",
+                        as_of(checkpoint)
+                    )))
+                }
+                None => {}
+            }
+            let slice = WAIT_SLICE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match self.projector.wait_for(projection, min, slice).await {
+                Ok(()) => return Ok(()),
+                Err(at) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Status::unavailable(format!(
+                        "the {projection} view has not reached position {min} within {} s (it is at {}); try again",
+                        MAX_WAIT.as_secs(),
+                        as_of(at)
+                    )))
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     async fn list(
