@@ -736,6 +736,33 @@ async fn bench_append_repeated_shows_the_median_of_its_runs() {
     }
 }
 
+/// `bench queries` measures each row against its baseline and makes the
+/// open-loop row at the rate asked for its headline; a rate of nothing is
+/// refused. (A smoke test of the mechanism: no timing is checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_queries_heads_with_eight_clients_sharing_the_rate_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["bench", "queries", "--referrals", "300", "--seconds", "0.2", "--rate", "200", "--json", "--data-dir"];
+    let report = cli(&[&args[..], &[path(dir.path())]].concat()).await.json();
+    assert_eq!(report["scenario"], "queries");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 7, "{report:#}");
+    let headline = rows.last().unwrap();
+    assert_eq!(headline["label"], "inbox, mixed, 8 clients, 200 pages/s", "{report:#}");
+    assert_eq!(headline["writers"], 8);
+    assert_eq!(headline["value"], report["value"]);
+    assert_eq!(rows[5]["label"], "inbox, mixed, 8 clients", "the saturated row has no rate: {report:#}");
+    for row in rows {
+        assert!(row["p99_us"].as_u64().unwrap_or(0) > 0, "{row:#}");
+        assert!(row["baseline_p99_us"].as_u64().unwrap_or(0) > 0, "{row:#}");
+    }
+    assert!(report["value_description"].as_str().unwrap_or("").contains("sharing 200 pages/s"), "{report:#}");
+
+    let refused =
+        cli(&["bench", "queries", "--referrals", "10", "--rate", "0", "--data-dir", path(dir.path())]).await.failed();
+    assert!(refused.stderr.contains("--rate must be a positive number"), "{}", refused.stderr);
+}
+
 /// `bench rebuild` runs the baseline and every rebuild in a process of its
 /// own and reports each one's events/s and peak RSS, with the JSON keys the
 /// benchmarks promise. (A smoke test of the mechanism: no timing is checked.)

@@ -116,7 +116,8 @@ struct BenchArgs {
     /// For `queries`: referrals in the views.
     #[arg(long, default_value_t = 1_000_000)]
     referrals: u64,
-    /// For `lag`: commands per second.
+    /// For `lag`: commands per second; for `queries`: pages per second
+    /// that the headline's eight clients share.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// For `append` on the embedded store and `commands`: measure each row this many times, engine
@@ -331,9 +332,9 @@ async fn bench(args: BenchArgs) -> ExitCode {
             }
             crate::bench::rebuild::bench_rebuild(&dir, args.events, options).await.map_err(|e| e.to_string())
         }
-        "queries" => {
-            crate::bench::queries::bench_queries(&dir, args.referrals, duration).await.map_err(|e| e.to_string())
-        }
+        "queries" => crate::bench::queries::bench_queries(&dir, args.referrals, args.rate, duration)
+            .await
+            .map_err(|e| e.to_string()),
         "lag" => crate::bench::lag::bench_lag(&dir, args.rate, duration).await.map_err(|e| e.to_string()),
         other => Err(format!("unknown scenario {other:?}; use append, commands, rebuild, queries or lag")),
     };
