@@ -130,7 +130,39 @@ struct Tracked {
     features: Vec<(String, String)>,
 }
 
-type StatKey = (String, String, String, String);
+/// A counter row's key (partner, region, kind, value) as one string, each
+/// part preceded by its length, so that counting an event finds counters
+/// that exist already without allocating a key (measured: building four-string
+/// keys took a quarter of this projection's time in a rebuild).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StatKey(String);
+
+impl StatKey {
+    fn write(into: &mut String, parts: [&str; 4]) {
+        use std::fmt::Write;
+        into.clear();
+        for part in parts {
+            let _ = write!(into, "{}:", part.len());
+            into.push_str(part);
+        }
+    }
+
+    fn parts(&self) -> [&str; 4] {
+        let mut rest = self.0.as_str();
+        std::array::from_fn(|_| {
+            let (len, tail) = rest.split_once(':').unwrap_or(("0", ""));
+            let (part, tail) = tail.split_at(len.parse::<usize>().unwrap_or(0).min(tail.len()));
+            rest = tail;
+            part
+        })
+    }
+}
+
+impl std::borrow::Borrow<str> for StatKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 type ReasonKey = (String, String, &'static str, String);
 
 /// A `history_referrals` row's change held until the flush.
@@ -149,16 +181,19 @@ struct RowChange {
 /// flush.
 struct HistoryApplier {
     version: Version,
-    tracked: HashMap<String, Tracked>,
+    /// Shared, not copied, by the events that use it.
+    tracked: HashMap<String, Arc<Tracked>>,
     rows: HashMap<String, RowChange>,
     stats: HashMap<StatKey, Counts>,
+    /// Where `count` writes the key it looks up.
+    key: String,
     reasons: HashMap<ReasonKey, u64>,
     /// Deals reported since the flush, with their partners.
     deals: Vec<(String, Deal)>,
 }
 
 impl HistoryApplier {
-    fn tracked(&mut self, conn: &Connection, referral: &str) -> Result<Tracked, ApplyError> {
+    fn tracked(&mut self, conn: &Connection, referral: &str) -> Result<Arc<Tracked>, ApplyError> {
         if let Some(t) = self.tracked.get(referral) {
             return Ok(t.clone());
         }
@@ -176,15 +211,22 @@ impl HistoryApplier {
         };
         let features = serde_json::from_str(&features)
             .map_err(|e| ApplyError::Inconsistent(format!("stored features of {referral}: {e}")))?;
-        let t = Tracked { partner, region, received_at, features };
+        let t = Arc::new(Tracked { partner, region, received_at, features });
         self.tracked.insert(referral.to_string(), t.clone());
         Ok(t)
     }
 
     fn count(&mut self, t: &Tracked, bump: impl Fn(&mut Counts)) {
         for (kind, value) in &t.features {
-            let key = (t.partner.clone(), t.region.clone(), kind.clone(), value.clone());
-            bump(self.stats.entry(key).or_default());
+            StatKey::write(&mut self.key, [&t.partner, &t.region, kind, value]);
+            match self.stats.get_mut(self.key.as_str()) {
+                Some(counts) => bump(counts),
+                None => {
+                    let mut counts = Counts::default();
+                    bump(&mut counts);
+                    self.stats.insert(StatKey(self.key.clone()), counts);
+                }
+            }
         }
     }
 
@@ -204,12 +246,12 @@ impl HistoryApplier {
         let id = event.referral().to_string();
         match event {
             ReferralEvent::Received(r) => {
-                let t = Tracked {
+                let t = Arc::new(Tracked {
                     partner: r.partner.as_str().to_string(),
                     region: r.region.as_str().to_string(),
                     received_at: micros(r.received_at),
                     features: features(r),
-                };
+                });
                 self.count(&t, |c| c.received += 1);
                 self.rows.insert(id.clone(), RowChange { new: true, status: Some("new"), responded: None });
                 self.tracked.insert(id, t);
@@ -335,7 +377,8 @@ impl Applier for HistoryApplier {
                 won = won + excluded.won, lost = lost + excluded.lost",
             self.version.table(STATS)
         ))?;
-        for ((partner, region, kind, value), c) in self.stats.drain() {
+        for (key, c) in self.stats.drain() {
+            let [partner, region, kind, value] = key.parts();
             upsert.execute(params![
                 partner,
                 region,
@@ -457,6 +500,7 @@ impl Projection for HistoryProjection {
             tracked: HashMap::new(),
             rows: HashMap::new(),
             stats: HashMap::new(),
+            key: String::new(),
             reasons: HashMap::new(),
             deals: Vec::new(),
         })
@@ -596,4 +640,32 @@ pub fn partner_history(
         deal_totals,
         recent_deals,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StatKey;
+
+    #[test]
+    fn a_stat_key_gives_back_its_parts_whatever_they_hold() {
+        let cases = [
+            ["contoso", "emea", "all", ""],
+            ["p-1", "apac", "keyword", "4:2:ratio"],
+            ["", "", "", ""],
+            ["müller-ag", "emea", "industry", "bäckerei & café"],
+            ["12", "3:", "product", ":"],
+        ];
+        let mut buffer = String::from("left over from the last key");
+        for parts in cases {
+            StatKey::write(&mut buffer, parts);
+            assert_eq!(StatKey(buffer.clone()).parts(), parts);
+        }
+        StatKey::write(&mut buffer, ["a", "bc", "d", ""]);
+        let other = {
+            let mut b = String::new();
+            StatKey::write(&mut b, ["ab", "c", "d", ""]);
+            b
+        };
+        assert_ne!(buffer, other, "parts do not run into each other");
+    }
 }
