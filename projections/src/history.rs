@@ -163,6 +163,7 @@ impl std::borrow::Borrow<str> for StatKey {
         &self.0
     }
 }
+
 type ReasonKey = (String, String, &'static str, String);
 
 /// A `history_referrals` row's change held until the flush.

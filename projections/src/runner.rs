@@ -505,6 +505,7 @@ impl Projector {
     /// Read-your-writes waits ask this first rather than wait in vain.
     pub async fn halted(&self, name: &str) -> Result<Option<Halt>, ViewError> {
         let projection = self.projection(name)?;
+        let schema = projection.schema();
         let db = self.shared.db.clone();
         let active = blocking(move || {
             db.read(projection.name(), |tx| Ok(db::versions(tx, projection.name())?))
@@ -512,7 +513,6 @@ impl Projector {
         })
         .await?;
         let Some(active) = active else { return Ok(None) };
-        let schema = self.projection(name)?.schema();
         Ok(match active.failure {
             Some((at, error)) => Some(Halt::Failed { checkpoint: active.checkpoint, at, error }),
             None if active.schema != schema => {
