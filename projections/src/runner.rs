@@ -870,17 +870,19 @@ const BATCH_FILL_TIME: Duration = Duration::from_millis(200);
 /// alone wrote 1.17 GB in 16.9 s at 250 ms, 0.58 GB in 8.9 s at 1 s (146 MB
 /// peak), 0.42 GB in 7.9 s at 2 s; all four together 2.0 GB in 20.0 s at
 /// 250 ms (202 MB), 1.37 GB in 17.1 s at 1 s (232 MB), 1.12 GB in 16.1 s at
-/// 2 s (291 MB).
-const CATCH_UP_COMMIT_TIME: Duration = Duration::from_secs(1);
+/// 2 s (291 MB). 2 s became affordable once each SQLite connection kept a
+/// page cache of its own (see `.cargo/config.toml`), which took some 80 MB
+/// off a rebuild's peak.
+pub const CATCH_UP_COMMIT_TIME: Duration = Duration::from_secs(2);
 
 /// The most events the catching-up appliers of this process hold, shared
 /// equally among them: one commits once it holds its share, whatever the
 /// time, since what it holds is in memory. Rebuilding all four over
-/// 1,000,000 events took 83.6 s at 288-295 MB peak with no limit, 83.6 s at
-/// 309 MB with 49,152 each, and 92.0 s at 242 MB with 24,576 each; a
-/// projection rebuilt alone gets the whole budget (referrals over 1,000,000
-/// events took 70 s with 24,576, 47 s with no limit).
-const CATCH_UP_HELD_EVENTS: u64 = 98_304;
+/// 1,000,000 events, with every connection's page cache its own: 46.7 s on
+/// average (43.2-50.7, four runs) at 174-195 MB peak with 98,304 and 1 s
+/// commits; 40.7 s (37.5-43.3) at 242-259 MB with 196,608 and 2 s commits.
+/// A projection rebuilt alone gets the whole budget.
+pub const CATCH_UP_HELD_EVENTS: u64 = 196_608;
 
 /// Moves `first`, and what follows it in the channel, into `batch` until it
 /// holds `limit` events; while catching up it waits until `fill_until` for
