@@ -407,3 +407,26 @@ pub fn delete_version(conn: &Connection, name: &str, version: u32) -> rusqlite::
     conn.execute("DELETE FROM projection_versions WHERE name = ?1 AND version = ?2", params![name, version])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    /// What the bundled SQLite was compiled with (`.cargo/config.toml`): a
+    /// build without the workspace's flags would have every connection of
+    /// the process share one page cache behind one mutex again.
+    #[test]
+    fn sqlite_gives_each_connection_its_own_page_cache_and_counts_no_memory() {
+        let conn = Connection::open_in_memory().expect("an in-memory database");
+        let options = conn
+            .prepare("PRAGMA compile_options")
+            .and_then(|mut stmt| stmt.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>())
+            .expect("compile options");
+        assert!(options.iter().any(|o| o == "THREADSAFE=1"), "SQLite is thread-safe: {options:?}");
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "SQLITE_ENABLE_MEMORY_MANAGEMENT makes all connections share one page cache: {options:?}"
+        );
+        assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "memory statistics are off: {options:?}");
+    }
+}
