@@ -21,9 +21,9 @@
 //! resumes with a feeder of its own.
 //!
 //! * Live, every batch is committed at once. Catching up (or rebuilding),
-//!   the applier commits once a second (or sooner, once it holds its share
-//!   of 98,304 events), so a row that several events change is written
-//!   once. Each projection has a file of its own with one writer
+//!   the applier commits every 2 s (or sooner, once it holds its share of
+//!   196,608 events or of 128 MiB of their payloads), so a row that several
+//!   events change is written once. Each projection has a file of its own with one writer
 //!   connection, so different projections commit side by side; only the
 //!   versions of one projection (a live one and its rebuild) take turns.
 //! * The applier skips anything at or before its checkpoint, so a
@@ -664,12 +664,13 @@ impl Shared {
         });
     }
 
-    /// Each catching-up applier's share of [`CATCH_UP_HELD_EVENTS`].
-    fn held_events_each(&self) -> u64 {
+    /// Each catching-up applier's share of [`CATCH_UP_HELD_EVENTS`] and
+    /// [`CATCH_UP_HELD_BYTES`].
+    fn held_share(&self) -> HeldShare {
         let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
         let catching_up =
             runtime.values().filter(|r| matches!(r.state, RunState::CatchingUp | RunState::Rebuilding)).count();
-        CATCH_UP_HELD_EVENTS / catching_up.max(1) as u64
+        HeldShare::of(catching_up)
     }
 
     fn count(&self, name: &'static str, version: Version, applied: u64) {
@@ -884,6 +885,30 @@ pub const CATCH_UP_COMMIT_TIME: Duration = Duration::from_secs(2);
 /// A projection rebuilt alone gets the whole budget.
 pub const CATCH_UP_HELD_EVENTS: u64 = 196_608;
 
+/// The most bytes of event payload the catching-up appliers of this
+/// process hold, shared like [`CATCH_UP_HELD_EVENTS`]. What an applier keeps
+/// grows with the payloads it applied (a timeline row carries its event's
+/// JSON, a referral row its RFI), so a log of large events commits sooner
+/// rather than holding 196,608 of them. `bench rebuild`'s events average
+/// 374 bytes (73 MB for the whole event budget), so there the event count
+/// decides; events of 10 KB would be held 3,276 at a time by each of four.
+pub const CATCH_UP_HELD_BYTES: u64 = 128 << 20;
+
+/// One catching-up applier's share of what may be held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HeldShare {
+    events: u64,
+    bytes: u64,
+}
+
+impl HeldShare {
+    /// The share of each of `catching_up` appliers.
+    fn of(catching_up: usize) -> HeldShare {
+        let n = catching_up.max(1) as u64;
+        HeldShare { events: CATCH_UP_HELD_EVENTS / n, bytes: CATCH_UP_HELD_BYTES / n }
+    }
+}
+
 /// Moves `first`, and what follows it in the channel, into `batch` until it
 /// holds `limit` events; while catching up it waits until `fill_until` for
 /// more. Returns the item that stops the projection, if one came.
@@ -924,6 +949,15 @@ struct Held {
     checkpoint: Position,
     last_event_at: DateTime<Utc>,
     applied: u64,
+    /// The payload bytes of the events applied.
+    bytes: u64,
+}
+
+impl Held {
+    /// Whether this holds a whole share (of events or of bytes).
+    fn fills(&self, share: HeldShare) -> bool {
+        self.applied >= share.events || self.bytes >= share.bytes
+    }
 }
 
 /// Why held events were not committed.
@@ -1047,10 +1081,12 @@ fn apply_loop(
                     checkpoint: last.position,
                     last_event_at: last.recorded_at,
                     applied: 0,
+                    bytes: 0,
                 });
                 h.checkpoint = last.position;
                 h.last_event_at = last.recorded_at;
                 h.applied += fresh.len() as u64;
+                h.bytes += fresh.iter().map(|e| e.data.len() as u64).sum::<u64>();
             }
         }
         let due = held.as_ref().is_some_and(|h| {
@@ -1058,7 +1094,7 @@ fn apply_loop(
                 || stop.is_some()
                 || closed
                 || h.since.elapsed() >= CATCH_UP_COMMIT_TIME
-                || h.applied >= shared.held_events_each()
+                || h.fills(shared.held_share())
         });
         if let Some(h) = held.take_if(|_| due) {
             match flush_and_commit(&shared.db, name, version, applier.as_mut(), committed, &h) {
@@ -1255,4 +1291,40 @@ fn swap_in(
         db::activate(tx, name, version.0)?;
         Ok(Some(me.checkpoint))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(applied: u64, bytes: u64) -> Held {
+        Held {
+            since: Instant::now(),
+            checkpoint: Position::START,
+            last_event_at: DateTime::<Utc>::MIN_UTC,
+            applied,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn appliers_catching_up_together_share_what_may_be_held_equally() {
+        let whole = HeldShare { events: CATCH_UP_HELD_EVENTS, bytes: CATCH_UP_HELD_BYTES };
+        assert_eq!(HeldShare::of(0), whole);
+        assert_eq!(HeldShare::of(1), whole);
+        assert_eq!(HeldShare::of(4), HeldShare { events: CATCH_UP_HELD_EVENTS / 4, bytes: CATCH_UP_HELD_BYTES / 4 });
+    }
+
+    #[test]
+    fn small_events_fill_a_share_by_their_count_and_large_ones_by_their_bytes() {
+        let share = HeldShare::of(4);
+        // Events of bench rebuild's average size: the count decides.
+        assert!(!held(share.events - 1, (share.events - 1) * 374).fills(share));
+        assert!(held(share.events, share.events * 374).fills(share));
+        // Events of 10 KB: the bytes decide, long before the count would.
+        let fit = share.bytes / 10_240;
+        assert!(fit * 4 < share.events, "{fit} events of 10 KB fit in a share of {share:?}");
+        assert!(!held(fit, fit * 10_240).fills(share));
+        assert!(held(fit + 1, (fit + 1) * 10_240).fills(share));
+    }
 }

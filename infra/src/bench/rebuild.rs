@@ -38,7 +38,9 @@ use referral_domain::eventlog::{
     EventData, EventStore, ExpectedRevision, Position, StreamName, StreamRevision, SubscriptionMessage,
     SubscriptionStart,
 };
-use referral_projections::runner::{projected_streams, CATCH_UP_COMMIT_TIME, CATCH_UP_HELD_EVENTS};
+use referral_projections::runner::{
+    projected_streams, CATCH_UP_COMMIT_TIME, CATCH_UP_HELD_BYTES, CATCH_UP_HELD_EVENTS,
+};
 use referral_projections::{all_projections, ProjectedEvent, Projection, Projector, RunnerOptions, ViewDb};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -429,12 +431,14 @@ pub async fn bench_rebuild(dir: &Path, events: u64, options: RunnerOptions) -> R
         "runner options: rebuild_batch_size {}, buffer {}, group_buffer {}; one projection alone has a feeder of its \
          own, all at once share one (Projector::rebuild_together: the log read and decoded once); one applier per \
          projection, each writing its own file (views/<projection>.db) and committing every {} s while it \
-         rebuilds (or once it holds its share of {} events: all of them alone, a quarter each when four rebuild)",
+         rebuilds (or once it holds its share of {} events or {} MiB of their payloads: all of it alone, a quarter \
+         each when four rebuild)",
         options.rebuild_batch_size,
         options.buffer,
         options.group_buffer,
         CATCH_UP_COMMIT_TIME.as_secs_f64(),
-        CATCH_UP_HELD_EVENTS
+        CATCH_UP_HELD_EVENTS,
+        CATCH_UP_HELD_BYTES >> 20
     ));
     let headline_seconds = rows.last().and_then(|r| r.seconds).unwrap_or(0.0);
     let mut report = BenchReport::new("rebuild", "events/s", BASELINE, headline_seconds, rows);
