@@ -58,12 +58,16 @@ use crate::ViewError;
 /// Tuning of the runner.
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerOptions {
-    /// Most events applied at once, and (live) in one transaction.
+    /// Most events applied at once, and (live) in one transaction. A batch
+    /// takes the feeder's hand-offs whole, so it may pass this by fewer than
+    /// `FEED_CHUNK` (64) events.
     pub batch_size: usize,
-    /// Most events applied at once while a version is being rebuilt (its
-    /// commits are timed, not counted: see `CATCH_UP_COMMIT_TIME`).
+    /// Most events applied at once while a version is being rebuilt (it
+    /// commits every `CATCH_UP_COMMIT_TIME`, or sooner once it holds its
+    /// share of `CATCH_UP_HELD_EVENTS` or `CATCH_UP_HELD_BYTES`).
     pub rebuild_batch_size: usize,
-    /// Decoded events buffered between the feeder and the applier.
+    /// Decoded events buffered between the feeder and the applier (in
+    /// hand-offs of up to `FEED_CHUNK` events, rounded up to whole ones).
     pub buffer: usize,
     /// Decoded events buffered for each member of a group that shares a
     /// feed. The feed waits for its slowest member, so this is how far the
@@ -382,7 +386,7 @@ impl Projector {
         let from = members.iter().map(|m| m.checkpoint).min().flatten();
         let mut senders = Vec::with_capacity(members.len());
         for member in members {
-            let (tx, rx) = mpsc::channel(self.shared.options.group_buffer.max(1));
+            let (tx, rx) = mpsc::channel(chunks_for(self.shared.options.group_buffer));
             senders.push(tx);
             self.spawn_worker(member.projection, member.version, Some(rx));
         }
@@ -633,7 +637,9 @@ impl Projector {
 /// What the feeder hands the applier.
 #[derive(Clone)]
 enum Feed {
-    Event(Arc<ProjectedEvent>),
+    /// Consecutive events, in log order: up to [`FEED_CHUNK`] while the log
+    /// is read ahead of its head, often one when live.
+    Events(Arc<[Arc<ProjectedEvent>]>),
     CaughtUp,
     Undecodable(Position, CodecError),
     Failed(StoreError),
@@ -757,7 +763,7 @@ async fn worker(
                         continue;
                     }
                 };
-                let (tx, rx) = mpsc::channel(shared.options.buffer);
+                let (tx, rx) = mpsc::channel(chunks_for(shared.options.buffer));
                 (rx, Some(tokio::spawn(feed(subscription, vec![tx], shared.shutdown.subscribe()))))
             }
         };
@@ -816,45 +822,93 @@ async fn shared_feed(shared: Arc<Shared>, start: SubscriptionStart, senders: Vec
     }
 }
 
+/// The most events the feeder hands over at once. Catching up, one
+/// hand-off per event cost a channel send and often a thread wake-up for
+/// each event and each applier (some 4 % of a rebuild's CPU); live, the
+/// feeder hands over whatever it has as soon as the log has nothing more,
+/// so chunks add no wait.
+const FEED_CHUNK: usize = 64;
+
+/// Channel capacity, in chunks, for a buffer of `events` events.
+fn chunks_for(events: usize) -> usize {
+    events.div_ceil(FEED_CHUNK).max(2)
+}
+
 /// Reads `subscription`, decodes each event once and hands it to every
-/// sender still listening; returns when none is, at shutdown, or after an
+/// sender still listening, in chunks of the events the subscription had
+/// ready; returns when no sender is listening, at shutdown, or after an
 /// event that cannot be decoded or a store failure.
 async fn feed(
     mut subscription: Box<dyn Subscription>,
     mut senders: Vec<mpsc::Sender<Feed>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut chunk: Vec<Arc<ProjectedEvent>> = Vec::with_capacity(FEED_CHUNK);
     while !senders.is_empty() {
         if *shutdown.borrow_and_update() {
             return;
         }
-        let message = tokio::select! {
-            m = subscription.next() => m,
-            _ = shutdown.changed() => return,
+        let message = {
+            let mut next = subscription.next();
+            // What the subscription has without waiting joins the chunk;
+            // before waiting for more, the chunk is handed over. The same
+            // `next` is then awaited, so nothing it started is dropped.
+            let ready = if chunk.len() < FEED_CHUNK {
+                std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(next.as_mut(), cx))).await
+            } else {
+                std::task::Poll::Pending
+            };
+            match ready {
+                std::task::Poll::Ready(message) => message,
+                std::task::Poll::Pending => {
+                    if !chunk.is_empty() {
+                        senders = hand_over(senders, Feed::Events(std::mem::take(&mut chunk).into())).await;
+                        if senders.is_empty() {
+                            return;
+                        }
+                    }
+                    tokio::select! {
+                        m = &mut next => m,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
         };
         let item = match message {
             Ok(SubscriptionMessage::Event(recorded)) => {
                 let position = recorded.position;
                 match ProjectedEvent::decode(recorded) {
-                    Ok(event) => Feed::Event(Arc::new(event)),
+                    Ok(event) => {
+                        chunk.push(Arc::new(event));
+                        continue;
+                    }
                     Err(e) => Feed::Undecodable(position, e),
                 }
             }
             Ok(SubscriptionMessage::CaughtUp) => Feed::CaughtUp,
             Err(e) => Feed::Failed(e),
         };
-        let last = matches!(item, Feed::Undecodable(..) | Feed::Failed(_));
-        let mut listening = Vec::with_capacity(senders.len());
-        for tx in senders {
-            if tx.send(item.clone()).await.is_ok() {
-                listening.push(tx);
-            }
+        // The events before it go first.
+        if !chunk.is_empty() {
+            senders = hand_over(senders, Feed::Events(std::mem::take(&mut chunk).into())).await;
         }
+        let last = matches!(item, Feed::Undecodable(..) | Feed::Failed(_));
+        senders = hand_over(senders, item).await;
         if last {
             return;
         }
-        senders = listening;
     }
+}
+
+/// Sends `item` to every sender; returns those still listening.
+async fn hand_over(senders: Vec<mpsc::Sender<Feed>>, item: Feed) -> Vec<mpsc::Sender<Feed>> {
+    let mut listening = Vec::with_capacity(senders.len());
+    for tx in senders {
+        if tx.send(item.clone()).await.is_ok() {
+            listening.push(tx);
+        }
+    }
+    listening
 }
 
 /// How long a catching-up applier waits for its batch to fill before it
@@ -891,7 +945,9 @@ pub const CATCH_UP_HELD_EVENTS: u64 = 196_608;
 /// JSON, a referral row its RFI), so a log of large events commits sooner
 /// rather than holding 196,608 of them. `bench rebuild`'s events average
 /// 374 bytes (73 MB for the whole event budget), so there the event count
-/// decides; events of 10 KB would be held 3,276 at a time by each of four.
+/// decides; of events of 10 KB, each of four appliers would hold some
+/// 3,300. Both limits are checked after each batch, so an applier may pass
+/// its share by the batch it has just applied (at most `batch_size` events).
 pub const CATCH_UP_HELD_BYTES: u64 = 128 << 20;
 
 /// One catching-up applier's share of what may be held.
@@ -923,7 +979,7 @@ fn gather(
     let mut next = Some(first);
     while let Some(item) = next.take() {
         match item {
-            Feed::Event(e) => batch.push(e),
+            Feed::Events(events) => batch.extend(events.iter().cloned()),
             Feed::CaughtUp => *caught_up = true,
             other => return Some(other),
         }
