@@ -862,7 +862,7 @@ async fn feed(
                 std::task::Poll::Ready(message) => message,
                 std::task::Poll::Pending => {
                     if !chunk.is_empty() {
-                        senders = hand_over(senders, Feed::Events(std::mem::take(&mut chunk).into())).await;
+                        senders = hand_over(senders, Feed::Events(chunk.drain(..).collect())).await;
                         if senders.is_empty() {
                             return;
                         }
@@ -890,7 +890,7 @@ async fn feed(
         };
         // The events before it go first.
         if !chunk.is_empty() {
-            senders = hand_over(senders, Feed::Events(std::mem::take(&mut chunk).into())).await;
+            senders = hand_over(senders, Feed::Events(chunk.drain(..).collect())).await;
         }
         let last = matches!(item, Feed::Undecodable(..) | Feed::Failed(_));
         senders = hand_over(senders, item).await;
